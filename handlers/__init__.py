@@ -1,0 +1,1 @@
+"""Handler code: the example morning-outreach workflow, and whatever users add."""

@@ -1,0 +1,252 @@
+"""Admin routes: fire triggers, read runs and history, follow history live, cancel runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from orchestrator.barrier import Barrier
+from orchestrator.engine import Engine, UnknownTarget
+from orchestrator.http import HttpError, parse_json_object, read_body
+from orchestrator.records import HistoryEntry, Run, Task
+from orchestrator.states import RunState
+from orchestrator.store import Store
+from orchestrator.timing import Span, Timing, run_timing
+
+SSE_KEEPALIVE_SECONDS = 15.0
+BACKLOG_PAGE = 500
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise HttpError(400, "bad_parameter", f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+async def fire_trigger(request: Request) -> Response:
+    """Fire a trigger (or a workflow by name) with the JSON body as payload: 202 with the ids."""
+    engine = _engine(request)
+    name = request.path_params["name"]
+    try:
+        engine.resolve(name)
+    except UnknownTarget as error:
+        raise HttpError(404, "unknown_trigger", str(error)) from None
+    payload = parse_json_object(await read_body(request), empty_ok=True)
+    fired = await engine.fire(
+        name, payload, dedup_key=request.headers.get("idempotency-key"), source="admin"
+    )
+    body = {"event_id": fired.event_id, "run_id": fired.run_id, "duplicate": fired.duplicate}
+    return JSONResponse(body, status_code=200 if fired.duplicate else 202)
+
+
+async def list_runs(request: Request) -> Response:
+    status = request.query_params.get("status")
+    if status is not None and status not in RunState.__members__.values():
+        choices = ", ".join(state.value for state in RunState)
+        raise HttpError(400, "bad_parameter", f"status must be one of {choices}")
+    page = await _engine(request).store.list_runs(
+        workflow=request.query_params.get("workflow"),
+        status=None if status is None else RunState(status),
+        cursor=request.query_params.get("cursor"),
+        limit=_int_param(request, "limit", 50, 1, 500),
+    )
+    return JSONResponse(
+        {"runs": [run_json(run) for run in page.items], "next_cursor": page.next_cursor}
+    )
+
+
+async def show_run(request: Request) -> Response:
+    detail = await run_detail(_engine(request).store, request.path_params["run_id"])
+    if detail is None:
+        raise HttpError(404, "unknown_run", f"no run {request.path_params['run_id']!r}")
+    return JSONResponse(detail)
+
+
+async def cancel_run(request: Request) -> Response:
+    engine = _engine(request)
+    try:
+        changed = await engine.cancel_run(request.path_params["run_id"])
+    except LookupError as error:
+        raise HttpError(404, "unknown_run", str(error)) from None
+    if not changed:
+        raise HttpError(409, "run_not_running", "only a running run can be cancelled")
+    return JSONResponse({"run_id": request.path_params["run_id"], "status": "cancelled"})
+
+
+async def list_events(request: Request) -> Response:
+    entries = await _engine(request).store.history(
+        after=_int_param(request, "after", 0, 0, 2**62),
+        run_id=request.query_params.get("run"),
+        type=request.query_params.get("type"),
+        limit=_int_param(request, "limit", 100, 1, 1000),
+    )
+    next_after = entries[-1].id if entries else None
+    return JSONResponse(
+        {"events": [entry.to_json() for entry in entries], "next_after": next_after}
+    )
+
+
+async def stream_events(request: Request) -> Response:
+    """History as Server-Sent Events; Last-Event-ID (or ?after=) replays what was missed first."""
+    resume = request.headers.get("last-event-id") or request.query_params.get("after")
+    if resume is not None and not resume.isdigit():
+        raise HttpError(400, "bad_parameter", "Last-Event-ID / after must be a history id")
+    engine = _engine(request)
+    run_filter = request.query_params.get("run")
+    subscription = engine.bus.subscribe()
+
+    async def events() -> AsyncIterator[str]:
+        with subscription:
+            yield "retry: 1000\n\n"
+            last = int(resume) if resume is not None else None
+            if last is not None:
+                async for entry in _backlog(engine.store, last, run_filter):
+                    last = entry.id
+                    yield _sse(entry)
+            iterator = aiter(subscription)
+            while True:
+                try:
+                    entry = await asyncio.wait_for(anext(iterator), SSE_KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                except StopAsyncIteration:
+                    return  # fell behind: the client reconnects with Last-Event-ID
+                if last is not None and entry.id is not None and entry.id <= last:
+                    continue
+                if run_filter is None or entry.run_id == run_filter:
+                    yield _sse(entry)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+async def _backlog(store: Store, after: int, run_id: str | None) -> AsyncIterator[HistoryEntry]:
+    while True:
+        page = await store.history(after=after, run_id=run_id, limit=BACKLOG_PAGE)
+        for entry in page:
+            yield entry
+        if len(page) < BACKLOG_PAGE:
+            return
+        after = page[-1].id or after
+
+
+def _sse(entry: HistoryEntry) -> str:
+    return f"id: {entry.id}\nevent: {entry.type}\ndata: {json.dumps(entry.to_json())}\n\n"
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "workflow": run.workflow,
+        "event_id": run.event_id,
+        "status": run.status.value,
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
+    }
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    duration = None
+    if task.started_at is not None and task.finished_at is not None:
+        duration = task.finished_at - task.started_at
+    return {
+        "id": task.id,
+        "step": task.step,
+        "item": task.item_key,
+        "state": task.state.value,
+        "attempt": task.attempt,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+        "duration": duration,
+        "error": task.error,
+        "output": task.output,
+    }
+
+
+def barrier_json(barrier: Barrier) -> dict[str, Any]:
+    return {
+        "step": barrier.step,
+        "status": barrier.status.value,
+        "succeeded": barrier.succeeded,
+        "failed": barrier.failed,
+        "expected": barrier.expected,
+        "required": barrier.required,
+        "policy": barrier.policy.model_dump(),
+        "deadline_at": barrier.deadline_at,
+        "reason": barrier.reason,
+    }
+
+
+def timing_of(run: Run, tasks: list[Task], now: float | None = None) -> Timing:
+    spans = [
+        Span(task.label, task.step, task.started_at, task.finished_at)
+        for task in tasks
+        if task.started_at is not None and task.finished_at is not None
+    ]
+    needs = {name: step.get("needs", ()) for name, step in run.spec.get("steps", {}).items()}
+    end = run.finished_at or max((span.finished for span in spans), default=now or run.created_at)
+    return run_timing(spans, needs, run.created_at, end)
+
+
+def timing_json(timing: Timing) -> dict[str, Any]:
+    return {
+        "wall_seconds": timing.wall,
+        "task_seconds": timing.busy,
+        "speedup": timing.speedup,
+        "critical_path": [
+            {
+                "task": span.label,
+                "step": span.step,
+                "started": span.started,
+                "finished": span.finished,
+            }
+            for span in timing.critical_path
+        ],
+    }
+
+
+def timing_from_json(data: dict[str, Any]) -> Timing:
+    """The inverse of timing_json, for clients that print a summary."""
+    path = [
+        Span(item["task"], item["step"], item["started"], item["finished"])
+        for item in data["critical_path"]
+    ]
+    return Timing(data["wall_seconds"], data["task_seconds"], path)
+
+
+async def run_detail(store: Store, run_id: str) -> dict[str, Any] | None:
+    run = await store.get_run(run_id)
+    if run is None:
+        return None
+    tasks = await store.tasks_of_run(run_id)
+    return {
+        **run_json(run),
+        "barriers": [barrier_json(barrier) for barrier in await store.barriers_of_run(run_id)],
+        "tasks": [task_json(task) for task in tasks],
+        "timing": timing_json(timing_of(run, tasks)),
+    }
+
+
+routes = [
+    Route("/triggers/{name}/fire", fire_trigger, methods=["POST"]),
+    Route("/runs", list_runs, methods=["GET"]),
+    Route("/runs/{run_id}", show_run, methods=["GET"]),
+    Route("/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+    Route("/events", list_events, methods=["GET"]),
+    Route("/events/stream", stream_events, methods=["GET"]),
+]

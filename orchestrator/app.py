@@ -1,0 +1,107 @@
+"""The Starlette app factory: routes, error answers, and the lifespan that owns the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+import structlog
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from orchestrator import admin
+from orchestrator.engine import Engine
+from orchestrator.http import BearerAuth, HttpError, error_response
+from orchestrator.settings import Settings
+from orchestrator.store import StoreUnavailable, open_store
+
+log = structlog.get_logger("orchestrator.app")
+
+Started = Callable[[Engine], Awaitable[None]]
+
+
+def http_client() -> httpx.AsyncClient:
+    """The one outgoing client: bounded connections, sane timeouts, redirects not followed."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, connect=5.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        follow_redirects=False,
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    await engine.store.ping()
+    return JSONResponse({"status": "ready"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)  # noqa: S101 - registered for HttpError only
+    return exc.response()
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    return error_response(
+        503,
+        "store_unavailable",
+        "the store is busy or unavailable; try again",
+        {"Retry-After": "1"},
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    on_started: Sequence[Started] = (),
+    background: Sequence[Started] = (),
+) -> Starlette:
+    """The orchestrator as an ASGI app.
+
+    Once the engine is up and has recovered, each `background` coroutine is started (and
+    cancelled at shutdown) and each `on_started` callback is awaited in turn.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = open_store(settings.database_url)
+        await store.open()
+        async with http_client() as http:
+            engine = Engine(store, settings.workflows, settings.triggers, http=http)
+            app.state.engine = engine
+            running = [asyncio.ensure_future(job(engine)) for job in background]
+            try:
+                await engine.recover()
+                for callback in on_started:
+                    await callback(engine)
+                yield
+            finally:
+                for job in running:
+                    job.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+                await engine.close()
+                await store.close()
+
+    routes: list[Any] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Mount(
+            "/admin",
+            routes=admin.routes,
+            middleware=[Middleware(BearerAuth, tokens=settings.admin_tokens())],
+        ),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HttpError: _http_error, StoreUnavailable: _store_unavailable},
+    )

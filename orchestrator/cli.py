@@ -1,0 +1,298 @@
+"""The `orchestrator` command: serve, check a config, fire a trigger."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+from pydantic import SecretStr
+
+from orchestrator import __version__
+from orchestrator.admin import timing_from_json
+from orchestrator.app import create_app
+from orchestrator.client import AdminClient, AdminError
+from orchestrator.engine import Engine
+from orchestrator.progress import Progress
+from orchestrator.settings import ConfigError, Settings, check_handlers, config_path, load_settings
+from orchestrator.states import RunState
+
+log = structlog.get_logger("orchestrator.cli")
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+DESCRIPTION = """\
+A webhook-driven event orchestrator that replaces polling loops.
+
+Triggers start runs of workflows; every independent step starts at once, dependent steps
+start the moment their join barrier opens, and nothing ever sleeps on a status check.
+"""
+
+EXAMPLES = """\
+examples:
+  orchestrator check                         validate config/orchestrator.toml
+  orchestrator serve --fire morning          serve, and fire the morning trigger once up
+  orchestrator fire morning --wait           fire on a running server and follow the run
+  ORCHESTRATOR_CONFIG=prod.toml orchestrator serve --host 0.0.0.0
+
+settings come from the config file; ORCHESTRATOR_* environment variables override it
+(ORCHESTRATOR_DATABASE_URL, ORCHESTRATOR_ADMIN_TOKEN, ORCHESTRATOR_PUBLIC_URL, ...).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the server (hooks, callbacks, admin API)",
+        description="Run the orchestrator server until Ctrl-C. Runs left unfinished by an "
+        "earlier process are picked up again: nothing is lost on restart.",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file (default: $ORCHESTRATOR_CONFIG or config/orchestrator.toml)",
+    )
+    serve.add_argument("--host", help="address to bind (default from settings: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8000)")
+    serve.add_argument(
+        "--fire",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="fire this trigger or workflow once the server is up (repeatable)",
+    )
+    serve.add_argument("--payload", metavar="FILE", help="JSON payload for --fire ('-' for stdin)")
+    serve.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="print a line per finished task and a summary per run "
+        "(default: on when stdout is a terminal or --fire is given)",
+    )
+
+    check = commands.add_parser(
+        "check",
+        help="validate a config file and import every handler it names",
+        description="Validate a config: syntax, fields, the needs graph (no cycle, no unknown "
+        "step) and that every handler imports. Exits 2 and names each problem if any.",
+    )
+    check.add_argument("config", nargs="?", metavar="CONFIG", help="config file to check")
+
+    fire = commands.add_parser(
+        "fire",
+        help="fire a trigger or workflow on a running server",
+        description="Fire a trigger (or a workflow by name) on a running server through the "
+        "admin API, with ORCHESTRATOR_ADMIN_TOKEN as the bearer token.",
+    )
+    fire.add_argument("name", metavar="NAME", help="trigger or workflow name")
+    fire.add_argument(
+        "--payload", metavar="FILE", help="JSON object to send as the event payload ('-' for stdin)"
+    )
+    fire.add_argument(
+        "--idempotency-key", metavar="KEY", help="firing again with the same key starts nothing new"
+    )
+    fire.add_argument("--url", help="server URL (default: http://HOST:PORT from settings)")
+    fire.add_argument("--config", metavar="FILE", help="config file the server settings come from")
+    fire.add_argument(
+        "--wait", action="store_true", help="follow the run until it finishes and print its summary"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return check_command(args.config)
+        if args.command == "serve":
+            return serve_command(args)
+        return asyncio.run(fire_command(args))
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def check_command(path: str | None) -> int:
+    source = config_path(path)
+    settings = load_settings(source)
+    check_handlers(settings, source)
+    steps = sum(len(workflow.steps) for workflow in settings.workflows.values())
+    print(
+        f"{source}: OK: {len(settings.workflows)} workflow(s) with {steps} step(s), "
+        f"{len(settings.triggers)} trigger(s)"
+    )
+    for name, workflow in settings.workflows.items():
+        order = " → ".join(workflow.steps)
+        print(f"  {name}: {order}")
+    return 0
+
+
+def _read_payload(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        value = json.loads(text)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError([f"{path}: cannot read a JSON payload: {error}"]) from None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            [f"{path}: the payload must be a JSON object, got {type(value).__name__}"]
+        )
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from orchestrator.logs import configure_logging
+
+    source = config_path(args.config)
+    settings = load_settings(source)
+    check_handlers(settings, source)
+    updates: dict[str, Any] = {}
+    if args.host:
+        updates["host"] = args.host
+    if args.port is not None:
+        updates["port"] = args.port
+    settings = settings.model_copy(update=updates)
+    payload = _read_payload(args.payload)
+    configure_logging(settings.log_level, settings.log_format)
+
+    ephemeral_token = None
+    if not settings.admin_tokens():
+        if not _is_loopback(settings.host):
+            raise ConfigError(
+                [
+                    f"refusing to serve on {settings.host} without an admin token: "
+                    "set ORCHESTRATOR_ADMIN_TOKEN (or bind 127.0.0.1)"
+                ]
+            )
+        ephemeral_token = secrets.token_urlsafe(24)
+        settings = settings.model_copy(update={"admin_token": SecretStr(ephemeral_token)})
+
+    show_progress = (
+        args.progress if args.progress is not None else (sys.stdout.isatty() or bool(args.fire))
+    )
+    progress = Progress()
+
+    async def fire_requested(engine: Engine) -> None:
+        for name in args.fire:
+            await engine.fire(name, payload, source="cli")
+
+    async def follow(engine: Engine) -> None:
+        await progress.follow(engine)
+
+    app = create_app(
+        settings,
+        on_started=[fire_requested] if args.fire else [],
+        background=[follow] if show_progress else [],
+    )
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    port = sock.getsockname()[1]
+    url = f"http://{settings.host}:{port}"
+
+    def announce() -> None:
+        log.info("server_ready", url=url, database=settings.database_url, pid=os.getpid())
+        if show_progress or sys.stdout.isatty():
+            print(f"orchestrator {__version__} listening on {url}  (Ctrl-C to stop)")
+            print(f"  admin API   {url}/admin/runs")
+            if ephemeral_token is not None:
+                print(
+                    f"  admin token {ephemeral_token}  (generated for this process; "
+                    "set ORCHESTRATOR_ADMIN_TOKEN to choose one)"
+                )
+                print(
+                    f"  try: ORCHESTRATOR_ADMIN_TOKEN={ephemeral_token} orchestrator fire "
+                    f"{next(iter(settings.triggers or settings.workflows), 'NAME')} --url {url} --wait"
+                )
+            sys.stdout.flush()
+
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=3
+    )
+    server = _Server(config, announce)
+    server.run(sockets=[sock])
+    return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, announcing itself once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Any) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._on_ready()
+
+
+async def fire_command(args: argparse.Namespace) -> int:
+    settings = _client_settings(args.config)
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    tokens = settings.admin_tokens()
+    async with AdminClient(url, tokens[0] if tokens else None) as client:
+        try:
+            fired = await client.fire(args.name, _read_payload(args.payload), args.idempotency_key)
+        except (AdminError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        note = " (duplicate: nothing new started)" if fired["duplicate"] else ""
+        print(f"fired {args.name}: event {fired['event_id']} run {fired['run_id']}{note}")
+        if not args.wait or fired["run_id"] is None:
+            return 0
+        return await _follow_run(client, fired["run_id"])
+
+
+def _client_settings(path: str | None) -> Settings:
+    source = config_path(path)
+    return load_settings(source) if source.exists() else Settings()
+
+
+async def _follow_run(client: AdminClient, run_id: str) -> int:
+    progress = Progress()
+    async for entry in client.stream(after=0, run_id=run_id):
+        line = progress.line(entry)
+        if line is not None:
+            print(line, flush=True)
+        if entry.type in ("run_succeeded", "run_failed", "run_cancelled"):
+            break
+    detail = await client.run(run_id)
+    timing = timing_from_json(detail["timing"])
+    for line in progress.summary(detail["workflow"], run_id, detail["status"], timing):
+        print(line)
+    return 0 if detail["status"] == RunState.SUCCEEDED.value else EXIT_FAILED

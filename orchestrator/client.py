@@ -1,0 +1,98 @@
+"""A small async client for the admin API, used by the CLI and by end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from orchestrator.records import HistoryEntry
+
+
+class AdminError(Exception):
+    """The server answered with an error; the message carries its JSON detail."""
+
+
+class AdminClient:
+    def __init__(self, base_url: str, token: str | None, http: httpx.AsyncClient | None = None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = http or httpx.AsyncClient(
+            base_url=base_url, headers=headers, timeout=httpx.Timeout(10.0, read=None)
+        )
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._http.aclose()
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise AdminError(f"{method} {path}: {response.status_code} {detail}")
+        return response.json()
+
+    async def fire(
+        self, name: str, payload: dict[str, Any] | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        result: dict[str, Any] = await self._json(
+            "POST", f"/admin/triggers/{name}/fire", json=payload or {}, headers=headers
+        )
+        return result
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", f"/admin/runs/{run_id}")
+        return result
+
+    async def history(self, run_id: str | None = None, after: int = 0) -> list[HistoryEntry]:
+        """Every history entry (of one run, if given) after `after`, following pages."""
+        entries: list[HistoryEntry] = []
+        while True:
+            params: dict[str, Any] = {"after": after, "limit": 1000}
+            if run_id is not None:
+                params["run"] = run_id
+            page = await self._json("GET", "/admin/events", params=params)
+            entries.extend(_entry(item) for item in page["events"])
+            if len(page["events"]) < 1000:
+                return entries
+            after = page["next_after"]
+
+    async def stream(
+        self, after: int | None = 0, run_id: str | None = None
+    ) -> AsyncIterator[HistoryEntry]:
+        """History entries as the server streams them (Server-Sent Events), until cancelled."""
+        params: dict[str, Any] = {}
+        if after is not None:
+            params["after"] = after
+        if run_id is not None:
+            params["run"] = run_id
+        async with self._http.stream("GET", "/admin/events/stream", params=params) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise AdminError(f"event stream: {response.status_code} {response.text}")
+            data: list[str] = []
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    yield _entry(json.loads("\n".join(data)))
+                    data = []
+
+
+def _entry(item: dict[str, Any]) -> HistoryEntry:
+    return HistoryEntry(
+        id=item["id"],
+        type=item["type"],
+        at=item["at"],
+        run_id=item["run_id"],
+        task_id=item["task_id"],
+        step=item["step"],
+        data=item["data"],
+    )

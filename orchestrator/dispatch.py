@@ -1,0 +1,271 @@
+"""The dispatcher: starts every admitted ready task at once, one transaction per batch.
+
+Ready tasks pass admission (concurrency, exclusive, rate); the admitted batch is marked
+dispatched in one transaction and its handlers start concurrently. A pending task with a
+not-before time (retry backoff) waits on the timer heap, never in a sleeping loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+
+from orchestrator.bus import HistoryBus
+from orchestrator.invoke import (
+    Context,
+    Handler,
+    HandlerImportError,
+    HandlerResult,
+    Upstream,
+    invoke,
+    load_handler,
+)
+from orchestrator.limits import Admission, LaneLimits
+from orchestrator.model import StepSpec
+from orchestrator.records import HistoryEntry, Task
+from orchestrator.states import Outcome, TaskState
+from orchestrator.store import Store, StoreTx, StoreUnavailable
+from orchestrator.timers import Clock, TimerHeap
+
+log = structlog.get_logger("orchestrator.dispatch")
+
+ReportFn = Callable[[str, int, HandlerResult, str], Awaitable[None]]
+
+STORE_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A pending task with what the dispatcher needs to start it."""
+
+    task: Task
+    workflow: str
+    spec: StepSpec
+
+    @property
+    def lane(self) -> tuple[str, str]:
+        return (self.workflow, self.task.step)
+
+    @property
+    def limits(self) -> LaneLimits:
+        return LaneLimits(self.spec.concurrency, self.spec.exclusive, self.spec.rate)
+
+
+def timer_key(task_id: str) -> tuple[str, str]:
+    """The timer-heap key of a task: its not-before time while pending, its deadline while dispatched."""
+    return ("task", task_id)
+
+
+def collect_upstream(tasks: Iterable[Task]) -> Upstream:
+    """How a join sees one upstream step's tasks."""
+    upstream = Upstream()
+    for task in tasks:
+        if task.state is TaskState.SUCCEEDED:
+            upstream.outputs[task.item_key] = task.output
+        elif task.state in (TaskState.FAILED, TaskState.TIMED_OUT):
+            upstream.failed[task.item_key] = task.error or task.state.value
+        else:
+            upstream.missing.append(task.item_key)
+    return upstream
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        timers: TimerHeap,
+        bus: HistoryBus,
+        http: httpx.AsyncClient,
+        executor: Executor,
+        report: ReportFn,
+        on_timeout: Callable[[Task], Awaitable[None]],
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._timers = timers
+        self._bus = bus
+        self._http = http
+        self._executor = executor
+        self._report = report
+        self._on_timeout = on_timeout
+        self._clock = clock
+        self._admission: Admission[Ready] = Admission()
+        self._handlers: dict[str, Handler] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def handler(self, path: str) -> Handler:
+        """The loaded handler for `path`, imported once."""
+        handler = self._handlers.get(path)
+        if handler is None:
+            handler = self._handlers[path] = load_handler(path)
+        return handler
+
+    def submit(self, ready: Iterable[Ready]) -> None:
+        """Start these pending tasks as soon as their not-before time and limits allow."""
+        now = self._clock()
+        for item in ready:
+            due = item.task.due_at
+            if due is not None and due > now:
+                self._timers.schedule(timer_key(item.task.id), due, self._offer_later(item))
+            else:
+                self._admission.offer(item.lane, item.limits, item.task.id, item)
+        self._pump()
+
+    def _offer_later(self, item: Ready) -> Callable[[], Awaitable[None]]:
+        async def offer() -> None:
+            self._admission.offer(item.lane, item.limits, item.task.id, item)
+            self._pump()
+
+        return offer
+
+    def release(self, task_ids: Iterable[str]) -> None:
+        """These tasks are no longer in flight: free their slots and stop their handlers."""
+        freed = False
+        for task_id in task_ids:
+            self._timers.cancel(timer_key(task_id))
+            freed = self._admission.release(task_id) or freed
+            running = self._running.pop(task_id, None)
+            if running is not None:
+                running.cancel()
+        if freed:
+            self._pump()
+
+    def _pump(self) -> None:
+        admitted, wake_at = self._admission.take(self._clock())
+        if wake_at is not None:
+            self._timers.schedule(("rate", "wake"), wake_at, self._wake)
+        if admitted:
+            self._spawn(self._start(admitted))
+
+    async def _wake(self) -> None:
+        self._pump()
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _start(self, batch: list[Ready]) -> None:
+        now = self._clock()
+        try:
+            async with self._store.transaction() as tx:
+                started = await self._mark_dispatched(tx, batch, now)
+                contexts = await self._contexts(tx, started)
+                entries = await tx.append_history(
+                    HistoryEntry(
+                        "task_dispatched",
+                        now,
+                        item.task.run_id,
+                        item.task.id,
+                        item.task.step,
+                        {"attempt": item.task.attempt, "item": item.task.item_key},
+                    )
+                    for item in started
+                )
+        except StoreUnavailable as error:
+            log.warning("dispatch_deferred", reason=str(error), tasks=len(batch))
+            self.release(item.task.id for item in batch)
+            retry_at = self._clock() + STORE_RETRY_SECONDS
+            for item in batch:
+                self._timers.schedule(timer_key(item.task.id), retry_at, self._offer_later(item))
+            return
+        started_ids = {item.task.id for item in started}
+        self.release(item.task.id for item in batch if item.task.id not in started_ids)
+        self._bus.publish(entries)
+        for item, ctx in zip(started, contexts, strict=True):
+            self._launch(item, ctx)
+
+    async def _mark_dispatched(self, tx: StoreTx, batch: list[Ready], now: float) -> list[Ready]:
+        started = []
+        for item in batch:
+            timeout = item.spec.timeout
+            dispatched = item.task.replace(
+                state=TaskState.DISPATCHED,
+                started_at=now,
+                due_at=None if timeout is None else now + timeout,
+            )
+            if await tx.transition_task(dispatched, TaskState.PENDING, item.task.attempt):
+                started.append(Ready(dispatched, item.workflow, item.spec))
+        return started
+
+    async def _contexts(self, tx: StoreTx, started: list[Ready]) -> list[Context]:
+        events: dict[str, Mapping[str, Any]] = {}
+        upstreams: dict[tuple[str, str], Upstream] = {}
+        contexts = []
+        for item in started:
+            task = item.task
+            if task.run_id not in events:
+                events[task.run_id] = await self._event_payload(tx, task.run_id)
+            for need in item.spec.needs:
+                if (task.run_id, need) not in upstreams:
+                    tasks = await tx.tasks_of_run(task.run_id, need)
+                    upstreams[(task.run_id, need)] = collect_upstream(tasks)
+            contexts.append(
+                Context(
+                    run_id=task.run_id,
+                    task_id=task.id,
+                    step=task.step,
+                    item_key=task.item_key,
+                    attempt=task.attempt,
+                    event=events[task.run_id],
+                    upstream={need: upstreams[(task.run_id, need)] for need in item.spec.needs},
+                    http=self._http,
+                    log=structlog.get_logger("handler").bind(
+                        run_id=task.run_id, task_id=task.id, step=task.step
+                    ),
+                )
+            )
+        return contexts
+
+    async def _event_payload(self, tx: StoreTx, run_id: str) -> Mapping[str, Any]:
+        run = await tx.get_run(run_id)
+        event = None if run is None else await tx.get_event(run.event_id)
+        return {} if event is None else event.payload
+
+    def _launch(self, item: Ready, ctx: Context) -> None:
+        task = item.task
+        if task.due_at is not None:
+            self._timers.schedule(timer_key(task.id), task.due_at, self._timeout(task))
+        self._running[task.id] = asyncio.ensure_future(self._run(item, ctx))
+
+    def _timeout(self, task: Task) -> Callable[[], Awaitable[None]]:
+        async def fire() -> None:
+            await self._on_timeout(task)
+
+        return fire
+
+    async def _run(self, item: Ready, ctx: Context) -> None:
+        structlog.contextvars.bind_contextvars(run_id=ctx.run_id, task_id=ctx.task_id)
+        try:
+            handler = self.handler(item.spec.handler)
+        except HandlerImportError as error:
+            result = HandlerResult(Outcome.FAILED, error=str(error))
+        else:
+            result = await invoke(
+                handler, ctx, item.task.item, item.spec.for_each is not None, self._executor
+            )
+        # Leave the running set before reporting, so the release that the report causes
+        # does not cancel this very coroutine half-way through its report.
+        self._running.pop(item.task.id, None)
+        await self._report(item.task.id, item.task.attempt, result, "handler")
+
+    async def close(self) -> None:
+        """Stop handlers still running; their tasks stay dispatched and restart re-dispatches them."""
+        for task in self._running.values():
+            task.cancel()
+        pending = [*self._running.values(), *self._background]
+        self._running.clear()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,22 @@
+"""Sortable, unguessable ids: 48 bits of milliseconds then 80 random bits, in Crockford base32.
+
+Ids that sort by creation time give stable cursor pagination without a second index.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str, now: float | None = None) -> str:
+    """A new id such as `run_01jd...`; `now` (epoch seconds) fixes the time part for tests."""
+    millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    value = (millis << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_ALPHABET[digit])
+    return f"{prefix}_{''.join(reversed(chars))}"

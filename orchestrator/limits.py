@@ -1,0 +1,117 @@
+"""Admission control: which waiting tasks may start now under concurrency, exclusive and rate limits.
+
+Pure bookkeeping with the clock passed in; the dispatcher does the I/O. Tasks of one step
+share a lane (its limits); an exclusive resource is shared by every lane that names it.
+A lane whose rate window is full reports when it may start again, for the timer heap.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from orchestrator.model import Rate
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class LaneLimits:
+    concurrency: int | None = None
+    resource: str | None = None
+    rate: Rate | None = None
+
+
+@dataclass(slots=True)
+class _Lane(Generic[T]):
+    limits: LaneLimits
+    waiting: deque[tuple[str, T]] = field(default_factory=deque)
+    in_flight: int = 0
+    starts: deque[float] = field(default_factory=deque)
+
+
+class Admission(Generic[T]):
+    """FIFO per lane; admits from the head of each lane while its limits allow."""
+
+    def __init__(self) -> None:
+        self._lanes: dict[Hashable, _Lane[T]] = {}
+        self._busy_resources: dict[str, int] = {}
+        self._admitted: dict[str, Hashable] = {}
+
+    def offer(self, lane: Hashable, limits: LaneLimits, item_id: str, item: T) -> None:
+        """Queue `item` on `lane`; the lane takes the limits of its latest offer."""
+        state = self._lanes.get(lane)
+        if state is None:
+            state = self._lanes[lane] = _Lane(limits)
+        state.limits = limits
+        state.waiting.append((item_id, item))
+
+    def take(self, now: float) -> tuple[list[T], float | None]:
+        """Items that may start now, and the earliest time a rate-limited lane may start more."""
+        admitted: list[T] = []
+        wake_at: float | None = None
+        for key, lane in self._lanes.items():
+            while lane.waiting:
+                blocked_until = self._blocked(lane, now)
+                if blocked_until is not None:
+                    if blocked_until > now:
+                        wake_at = blocked_until if wake_at is None else min(wake_at, blocked_until)
+                    break
+                item_id, item = lane.waiting.popleft()
+                self._admit(key, lane, item_id, now)
+                admitted.append(item)
+        self._drop_idle_lanes()
+        return admitted, wake_at
+
+    def release(self, item_id: str) -> bool:
+        """Free the slots of an admitted item; False if it holds none (already released)."""
+        key = self._admitted.pop(item_id, None)
+        if key is None:
+            return False
+        lane = self._lanes[key]
+        lane.in_flight -= 1
+        if lane.limits.resource is not None:
+            self._busy_resources[lane.limits.resource] -= 1
+        self._drop_idle_lanes()
+        return True
+
+    def in_flight(self, lane: Hashable) -> int:
+        state = self._lanes.get(lane)
+        return 0 if state is None else state.in_flight
+
+    def waiting(self) -> int:
+        return sum(len(lane.waiting) for lane in self._lanes.values())
+
+    def _blocked(self, lane: _Lane[T], now: float) -> float | None:
+        """None if the lane may start one more now; else when it may (now: when a slot frees)."""
+        limits = lane.limits
+        if limits.concurrency is not None and lane.in_flight >= limits.concurrency:
+            return now
+        if limits.resource is not None and self._busy_resources.get(limits.resource, 0) >= 1:
+            return now
+        if limits.rate is not None:
+            while lane.starts and lane.starts[0] <= now - limits.rate.per:
+                lane.starts.popleft()
+            if len(lane.starts) >= limits.rate.count:
+                return lane.starts[0] + limits.rate.per
+        return None
+
+    def _admit(self, key: Hashable, lane: _Lane[T], item_id: str, now: float) -> None:
+        lane.in_flight += 1
+        if lane.limits.resource is not None:
+            resource = lane.limits.resource
+            self._busy_resources[resource] = self._busy_resources.get(resource, 0) + 1
+        if lane.limits.rate is not None:
+            lane.starts.append(now)
+        self._admitted[item_id] = key
+
+    def _drop_idle_lanes(self) -> None:
+        idle = [
+            key
+            for key, lane in self._lanes.items()
+            if not lane.waiting and lane.in_flight == 0 and not lane.starts
+        ]
+        for key in idle:
+            del self._lanes[key]

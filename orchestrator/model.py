@@ -1,0 +1,193 @@
+"""Workflow, step, trigger and join-policy specs: what the TOML config declares, validated."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from orchestrator.durations import Duration, parse_duration
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+HANDLER_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class Spec(BaseModel):
+    """Base of every config model: frozen, and unknown keys are errors (they are usually typos)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Rate(Spec):
+    """At most `count` task starts per `per` seconds."""
+
+    count: int = Field(ge=1)
+    per: float = Field(gt=0)
+
+
+def _parse_rate(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\S+)\s*", value)
+    if match is None:
+        raise ValueError(f"expected a rate such as '5/s', '100/m' or '10/30s', got {value!r}")
+    count, per = match.groups()
+    per_seconds = parse_duration("1" + per if per in {"ms", "s", "m", "h", "d"} else per)
+    return {"count": int(count), "per": per_seconds}
+
+
+class JoinPolicy(Spec):
+    """When a step's barrier opens or fails; stored with the barrier so a config edit cannot
+    change the rules of a run already in flight."""
+
+    mode: Literal["all", "any", "quorum"] = "all"
+    quorum_count: int | None = None
+    quorum_percent: float | None = None
+    on_failure: Literal["fail_fast", "collect"] = "fail_fast"
+    on_deadline: Literal["fail", "proceed"] = "fail"
+
+    def required(self, expected: int) -> int:
+        """Successes needed to open a barrier of `expected` tasks (never more than exist)."""
+        if self.mode == "all":
+            wanted = expected
+        elif self.mode == "any":
+            wanted = 1
+        elif self.quorum_count is not None:
+            wanted = self.quorum_count
+        else:
+            wanted = math.ceil(expected * (self.quorum_percent or 0.0) / 100.0)
+        return min(wanted, expected)
+
+
+def _parse_quorum(value: object) -> object:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1])
+        except ValueError:
+            raise ValueError(
+                f"expected a count such as 8 or a percentage such as '80%', got {value!r}"
+            ) from None
+    return value
+
+
+Quorum = Annotated[int | float, BeforeValidator(_parse_quorum)]
+
+
+class StepSpec(Spec):
+    """One step of a workflow: a handler, its dependencies, fan-out, limits and join policy."""
+
+    handler: str = Field(pattern=HANDLER_PATTERN, description="import path, module:callable")
+    needs: tuple[str, ...] = ()
+    for_each: str | None = Field(default=None, description="'event.path' or 'step[.path]'")
+    timeout: Duration | None = None
+    retries: int = Field(default=0, ge=0, le=100)
+    backoff: Duration = 1.0
+    backoff_max: Duration = 300.0
+    concurrency: int | None = Field(default=None, ge=1)
+    exclusive: str | None = None
+    rate: Annotated[Rate | None, BeforeValidator(_parse_rate)] = None
+    join: Literal["all", "any"] = "all"
+    quorum: Quorum | None = None
+    on_failure: Literal["fail_fast", "collect"] = "fail_fast"
+    deadline: Duration | None = None
+    on_deadline: Literal["fail", "proceed"] = "fail"
+
+    @model_validator(mode="after")
+    def _check_quorum(self) -> Self:
+        if self.quorum is None:
+            return self
+        if self.join == "any":
+            raise ValueError("set either join = 'any' or quorum, not both")
+        if isinstance(self.quorum, float) and not 0 < self.quorum <= 100:
+            raise ValueError("a quorum percentage must be above 0% and at most 100%")
+        if isinstance(self.quorum, int) and self.quorum < 1:
+            raise ValueError("a quorum count must be at least 1")
+        return self
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+    def policy(self) -> JoinPolicy:
+        """The join policy this step's barrier is created with."""
+        common: dict[str, Any] = {"on_failure": self.on_failure, "on_deadline": self.on_deadline}
+        if self.quorum is None:
+            return JoinPolicy(mode=self.join, **common)
+        if isinstance(self.quorum, int):
+            return JoinPolicy(mode="quorum", quorum_count=self.quorum, **common)
+        return JoinPolicy(mode="quorum", quorum_percent=self.quorum, **common)
+
+    def for_each_source(self) -> tuple[str, tuple[str, ...]] | None:
+        """('event' or an upstream step, key path) that the fan-out list is read from."""
+        if self.for_each is None:
+            return None
+        head, *path = self.for_each.split(".")
+        return head, tuple(path)
+
+
+class WorkflowSpec(Spec):
+    """A named DAG of steps."""
+
+    description: str = ""
+    steps: dict[Annotated[str, Field(pattern=NAME_PATTERN)], StepSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> Self:
+        for name, step in self.steps.items():
+            for need in step.needs:
+                if need not in self.steps:
+                    known = ", ".join(sorted(self.steps))
+                    raise ValueError(f"step {name!r} needs unknown step {need!r} (steps: {known})")
+            source = step.for_each_source()
+            if source is not None and source[0] != "event" and source[0] not in step.needs:
+                raise ValueError(
+                    f"step {name!r}: for_each = {step.for_each!r} must start with 'event.' "
+                    f"or name a step it needs ({', '.join(step.needs) or 'none'})"
+                )
+        cycle = find_cycle({name: step.needs for name, step in self.steps.items()})
+        if cycle:
+            raise ValueError(f"the needs graph has a cycle: {' -> '.join(cycle)}")
+        return self
+
+    def dependents(self, step: str) -> list[str]:
+        return [name for name, spec in self.steps.items() if step in spec.needs]
+
+    def roots(self) -> list[str]:
+        return [name for name, spec in self.steps.items() if not spec.needs]
+
+
+def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str]:
+    """One cycle of `graph` (node -> nodes it needs) as a closed path, or [] if it is a DAG."""
+    done: set[str] = set()
+    for start in sorted(graph):
+        path: list[str] = []
+        on_path: set[str] = set()
+        stack: list[tuple[str, int]] = [(start, 0)]
+        while stack:
+            node, index = stack.pop()
+            if index == 0:
+                if node in on_path:
+                    return [*path[path.index(node) :], node]
+                if node in done:
+                    continue
+                path.append(node)
+                on_path.add(node)
+            needs = graph.get(node, ())
+            if index < len(needs):
+                stack.append((node, index + 1))
+                stack.append((needs[index], 0))
+            else:
+                done.add(node)
+                on_path.discard(node)
+                path.pop()
+    return []
+
+
+class TriggerSpec(Spec):
+    """A named source of events; every trigger can also be fired by hand."""
+
+    workflow: str
+    description: str = ""
+    payload: dict[str, Any] = Field(default_factory=dict, description="default event payload")

@@ -1,0 +1,141 @@
+"""Settings: a TOML file in config/ declares server options, workflows and triggers;
+ORCHESTRATOR_* environment variables override its top-level options.
+
+Every problem is reported as `source: field.path: what was expected`, where the source is
+the file or the environment variable the value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from orchestrator.invoke import HandlerImportError, load_handler
+from orchestrator.model import NAME_PATTERN, TriggerSpec, WorkflowSpec
+
+ENV_PREFIX = "ORCHESTRATOR_"
+DEFAULT_CONFIG = Path("config/orchestrator.toml")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` are one line each, ready for a terminal."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Settings(BaseSettings):
+    """Everything the orchestrator is told; see config/orchestrator.toml for an example."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    database_url: str = "sqlite:///orchestrator.db"
+    public_url: str = "http://127.0.0.1:8000"
+    admin_token: SecretStr | None = Field(
+        default=None, description="bearer token(s) for /admin; several, comma-separated, rotate"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    handler_threads: int = Field(default=32, ge=1, description="worker threads for sync handlers")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    workflows: dict[str, WorkflowSpec] = Field(default_factory=dict)
+    triggers: dict[str, TriggerSpec] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init values; the environment must win over it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Self:
+        for kind, names in (("workflow", self.workflows), ("trigger", self.triggers)):
+            for name in names:
+                if not re.match(NAME_PATTERN, name):
+                    raise ValueError(f"{kind} name {name!r} must be letters, digits, _ or -")
+        for name, trigger in self.triggers.items():
+            if trigger.workflow not in self.workflows:
+                known = ", ".join(sorted(self.workflows)) or "none"
+                raise ValueError(
+                    f"trigger {name!r} names unknown workflow {trigger.workflow!r} (workflows: {known})"
+                )
+        return self
+
+    def admin_tokens(self) -> list[str]:
+        if self.admin_token is None:
+            return []
+        return [
+            token.strip()
+            for token in self.admin_token.get_secret_value().split(",")
+            if token.strip()
+        ]
+
+
+def config_path(path: str | Path | None = None) -> Path:
+    """The config file: the argument, else $ORCHESTRATOR_CONFIG, else config/orchestrator.toml."""
+    return Path(path or os.environ.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read and validate the config file and environment; ConfigError lists every problem."""
+    source = config_path(path)
+    try:
+        with source.open("rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{source}: no such config file (pass --config or set {ENV_PREFIX}CONFIG)"]
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{source}: not valid TOML: {error}"]) from None
+    try:
+        return Settings(**data)
+    except ValidationError as error:
+        raise ConfigError([_describe(source, problem) for problem in error.errors()]) from None
+
+
+def _describe(source: Path, problem: Any) -> str:
+    location = problem["loc"]
+    field = ".".join(str(part) for part in location) or "(top level)"
+    origin = str(source)
+    if location and isinstance(location[0], str):
+        variable = f"{ENV_PREFIX}{location[0].upper()}"
+        if variable in os.environ:
+            origin = f"environment variable {variable}"
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    if problem["type"] in ("missing", "extra_forbidden"):
+        message = (
+            "unknown field (check the spelling)"
+            if problem["type"] == "extra_forbidden"
+            else "required field is missing"
+        )
+    return f"{origin}: {field}: {message}"
+
+
+def check_handlers(settings: Settings, source: Path) -> None:
+    """Import every handler the config names; ConfigError lists the ones that do not import."""
+    problems = []
+    for workflow_name, workflow in settings.workflows.items():
+        for step_name, step in workflow.steps.items():
+            try:
+                load_handler(step.handler)
+            except HandlerImportError as error:
+                field = f"workflows.{workflow_name}.steps.{step_name}.handler"
+                problems.append(f"{source}: {field}: {error}")
+    if problems:
+        raise ConfigError(problems)

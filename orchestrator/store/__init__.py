@@ -1,0 +1,24 @@
+"""Stores: where events, runs, tasks, barriers and history persist."""
+
+from __future__ import annotations
+
+from orchestrator.store.base import Page, Store, StoreTx, StoreUnavailable, Unfinished
+from orchestrator.store.sqlite import SqliteStore
+
+__all__ = [
+    "Page",
+    "SqliteStore",
+    "Store",
+    "StoreTx",
+    "StoreUnavailable",
+    "Unfinished",
+    "open_store",
+]
+
+
+def open_store(url: str) -> Store:
+    """The store for a database URL (not yet opened); ValueError names an unknown scheme."""
+    if url.startswith("sqlite:"):
+        return SqliteStore.from_url(url)
+    scheme = url.split(":", 1)[0]
+    raise ValueError(f"unsupported database URL scheme {scheme!r}: expected sqlite:///PATH")

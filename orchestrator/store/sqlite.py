@@ -1,0 +1,548 @@
+"""SqliteStore: the embedded default store, on aiosqlite in WAL mode.
+
+One write connection runs transactions one at a time (SQLite has a single writer anyway);
+a second connection serves reads, which WAL lets run beside a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from orchestrator.barrier import Barrier, BarrierStatus
+from orchestrator.model import JoinPolicy
+from orchestrator.records import Event, HistoryEntry, Run, Task
+from orchestrator.states import RunState, TaskState
+from orchestrator.store.base import Page, StoreUnavailable, Unfinished
+
+MIGRATIONS: list[str] = [
+    # 1: the initial schema.
+    """
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        trigger TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        payload TEXT NOT NULL,
+        dedup_key TEXT,
+        UNIQUE (trigger, dedup_key)
+    );
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        workflow TEXT NOT NULL,
+        event_id TEXT NOT NULL REFERENCES events (id),
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        spec TEXT NOT NULL
+    );
+    CREATE INDEX runs_by_workflow ON runs (workflow, id);
+    CREATE INDEX runs_by_status ON runs (status, id);
+    CREATE TABLE barriers (
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        step TEXT NOT NULL,
+        expected INTEGER NOT NULL,
+        required INTEGER NOT NULL,
+        succeeded INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        deadline_at REAL,
+        decided_at REAL,
+        reason TEXT,
+        PRIMARY KEY (run_id, step)
+    );
+    CREATE INDEX barriers_waiting ON barriers (status) WHERE status = 'waiting';
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        step TEXT NOT NULL,
+        item_key TEXT NOT NULL,
+        item TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        due_at REAL,
+        started_at REAL,
+        finished_at REAL,
+        output TEXT,
+        error TEXT,
+        UNIQUE (run_id, step, item_key)
+    );
+    CREATE INDEX tasks_unfinished ON tasks (state) WHERE state IN ('pending', 'dispatched');
+    CREATE TABLE history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        type TEXT NOT NULL,
+        run_id TEXT,
+        task_id TEXT,
+        step TEXT,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX history_by_run ON history (run_id, id);
+    CREATE INDEX history_by_type ON history (type, id);
+    """,
+]
+
+SELECT_EVENT = "SELECT * FROM events WHERE id = ?"
+SELECT_EVENT_BY_DEDUP = "SELECT * FROM events WHERE trigger = ? AND dedup_key = ?"
+INSERT_EVENT = """
+    INSERT INTO events (id, trigger, workflow, received_at, payload, dedup_key)
+    VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (trigger, dedup_key) DO NOTHING
+"""
+INSERT_RUN = """
+    INSERT INTO runs (id, workflow, event_id, status, created_at, finished_at, spec)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+SELECT_RUN = "SELECT * FROM runs WHERE id = ?"
+UPDATE_RUN_STATUS = "UPDATE runs SET status = ?, finished_at = ? WHERE id = ? AND status = ?"
+INSERT_BARRIER = """
+    INSERT INTO barriers (run_id, step, expected, required, succeeded, failed, status, policy,
+                          deadline_at, decided_at, reason)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SELECT_BARRIER = "SELECT * FROM barriers WHERE run_id = ? AND step = ?"
+SELECT_BARRIERS_OF_RUN = "SELECT * FROM barriers WHERE run_id = ? ORDER BY rowid"
+UPDATE_BARRIER = """
+    UPDATE barriers SET expected = ?, required = ?, succeeded = ?, failed = ?, status = ?,
+                        deadline_at = ?, decided_at = ?, reason = ?
+    WHERE run_id = ? AND step = ? AND status = ?
+"""
+INSERT_TASK = """
+    INSERT INTO tasks (id, run_id, step, item_key, item, state, attempt, due_at, started_at,
+                       finished_at, output, error)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SELECT_TASK = "SELECT * FROM tasks WHERE id = ?"
+SELECT_TASKS_OF_RUN = "SELECT * FROM tasks WHERE run_id = ? ORDER BY rowid"
+SELECT_TASKS_OF_STEP = "SELECT * FROM tasks WHERE run_id = ? AND step = ? ORDER BY rowid"
+UPDATE_TASK = """
+    UPDATE tasks SET state = ?, attempt = ?, due_at = ?, started_at = ?, finished_at = ?,
+                     output = ?, error = ?
+    WHERE id = ? AND state = ? AND attempt = ?
+"""
+INSERT_HISTORY = """
+    INSERT INTO history (at, type, run_id, task_id, step, data) VALUES (?, ?, ?, ?, ?, ?)
+    RETURNING id
+"""
+SELECT_UNFINISHED_TASKS = """
+    SELECT tasks.* FROM tasks JOIN runs ON runs.id = tasks.run_id
+    WHERE tasks.state IN ('pending', 'dispatched') AND runs.status = 'running'
+    ORDER BY tasks.rowid
+"""
+SELECT_WAITING_BARRIERS = """
+    SELECT barriers.* FROM barriers JOIN runs ON runs.id = barriers.run_id
+    WHERE barriers.status = 'waiting' AND runs.status = 'running'
+"""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _loads_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def event_from_row(row: sqlite3.Row) -> Event:
+    return Event(
+        id=row["id"],
+        trigger=row["trigger"],
+        workflow=row["workflow"],
+        received_at=row["received_at"],
+        payload=json.loads(row["payload"]),
+        dedup_key=row["dedup_key"],
+    )
+
+
+def run_from_row(row: sqlite3.Row) -> Run:
+    return Run(
+        id=row["id"],
+        workflow=row["workflow"],
+        event_id=row["event_id"],
+        status=RunState(row["status"]),
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        spec=json.loads(row["spec"]),
+    )
+
+
+def barrier_from_row(row: sqlite3.Row) -> Barrier:
+    return Barrier(
+        run_id=row["run_id"],
+        step=row["step"],
+        expected=row["expected"],
+        required=row["required"],
+        succeeded=row["succeeded"],
+        failed=row["failed"],
+        status=BarrierStatus(row["status"]),
+        policy=JoinPolicy.model_validate_json(row["policy"]),
+        deadline_at=row["deadline_at"],
+        decided_at=row["decided_at"],
+        reason=row["reason"],
+    )
+
+
+def task_from_row(row: sqlite3.Row) -> Task:
+    return Task(
+        id=row["id"],
+        run_id=row["run_id"],
+        step=row["step"],
+        item_key=row["item_key"],
+        item=json.loads(row["item"]),
+        state=TaskState(row["state"]),
+        attempt=row["attempt"],
+        due_at=row["due_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        output=_loads_or_none(row["output"]),
+        error=row["error"],
+    )
+
+
+def history_from_row(row: sqlite3.Row) -> HistoryEntry:
+    return HistoryEntry(
+        id=row["id"],
+        at=row["at"],
+        type=row["type"],
+        run_id=row["run_id"],
+        task_id=row["task_id"],
+        step=row["step"],
+        data=json.loads(row["data"]),
+    )
+
+
+def _task_params(task: Task) -> tuple[Any, ...]:
+    output = None if task.output is None else _dumps(task.output)
+    return (
+        task.state.value,
+        task.attempt,
+        task.due_at,
+        task.started_at,
+        task.finished_at,
+        output,
+        task.error,
+    )
+
+
+def sqlite_path(url: str) -> str:
+    """The file path in `sqlite:///relative.db` or `sqlite:////absolute.db`."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ValueError(f"expected a URL such as sqlite:///orchestrator.db, got {url!r}")
+    return url[len(prefix) :]
+
+
+class SqliteTx:
+    """One write transaction on the write connection."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def _one(self, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
+        async with self._db.execute(sql, params) as cursor:
+            row: sqlite3.Row | None = await cursor.fetchone()
+            return row
+
+    async def _all(self, sql: str, params: Sequence[Any]) -> Iterable[sqlite3.Row]:
+        return await self._db.execute_fetchall(sql, params)
+
+    async def _changed(self, sql: str, params: Sequence[Any]) -> bool:
+        async with self._db.execute(sql, params) as cursor:
+            return cursor.rowcount == 1
+
+    async def insert_event(self, event: Event) -> tuple[Event, bool]:
+        params = (
+            event.id,
+            event.trigger,
+            event.workflow,
+            event.received_at,
+            _dumps(event.payload),
+            event.dedup_key,
+        )
+        if await self._changed(INSERT_EVENT, params):
+            return event, True
+        row = await self._one(SELECT_EVENT_BY_DEDUP, (event.trigger, event.dedup_key))
+        assert row is not None, "a dedup conflict implies a stored event"  # noqa: S101
+        return event_from_row(row), False
+
+    async def get_event(self, event_id: str) -> Event | None:
+        row = await self._one(SELECT_EVENT, (event_id,))
+        return None if row is None else event_from_row(row)
+
+    async def insert_run(self, run: Run) -> None:
+        await self._db.execute(
+            INSERT_RUN,
+            (
+                run.id,
+                run.workflow,
+                run.event_id,
+                run.status.value,
+                run.created_at,
+                run.finished_at,
+                _dumps(run.spec),
+            ),
+        )
+
+    async def get_run(self, run_id: str) -> Run | None:
+        row = await self._one(SELECT_RUN, (run_id,))
+        return None if row is None else run_from_row(row)
+
+    async def set_run_status(
+        self, run_id: str, expected: RunState, new: RunState, at: float | None
+    ) -> bool:
+        return await self._changed(UPDATE_RUN_STATUS, (new.value, at, run_id, expected.value))
+
+    async def insert_barrier(self, barrier: Barrier) -> None:
+        await self._db.execute(
+            INSERT_BARRIER,
+            (
+                barrier.run_id,
+                barrier.step,
+                barrier.expected,
+                barrier.required,
+                barrier.succeeded,
+                barrier.failed,
+                barrier.status.value,
+                barrier.policy.model_dump_json(),
+                barrier.deadline_at,
+                barrier.decided_at,
+                barrier.reason,
+            ),
+        )
+
+    async def get_barrier(self, run_id: str, step: str) -> Barrier | None:
+        row = await self._one(SELECT_BARRIER, (run_id, step))
+        return None if row is None else barrier_from_row(row)
+
+    async def barriers_of_run(self, run_id: str) -> list[Barrier]:
+        return [barrier_from_row(row) for row in await self._all(SELECT_BARRIERS_OF_RUN, (run_id,))]
+
+    async def save_barrier(self, barrier: Barrier, expected: BarrierStatus) -> bool:
+        params = (
+            barrier.expected,
+            barrier.required,
+            barrier.succeeded,
+            barrier.failed,
+            barrier.status.value,
+            barrier.deadline_at,
+            barrier.decided_at,
+            barrier.reason,
+            barrier.run_id,
+            barrier.step,
+            expected.value,
+        )
+        return await self._changed(UPDATE_BARRIER, params)
+
+    async def insert_tasks(self, tasks: Sequence[Task]) -> None:
+        rows = [
+            (task.id, task.run_id, task.step, task.item_key, _dumps(task.item), *_task_params(task))
+            for task in tasks
+        ]
+        await self._db.executemany(INSERT_TASK, rows)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        row = await self._one(SELECT_TASK, (task_id,))
+        return None if row is None else task_from_row(row)
+
+    async def tasks_of_run(self, run_id: str, step: str | None = None) -> list[Task]:
+        if step is None:
+            rows = await self._all(SELECT_TASKS_OF_RUN, (run_id,))
+        else:
+            rows = await self._all(SELECT_TASKS_OF_STEP, (run_id, step))
+        return [task_from_row(row) for row in rows]
+
+    async def transition_task(
+        self, task: Task, expected_state: TaskState, expected_attempt: int
+    ) -> bool:
+        params = (*_task_params(task), task.id, expected_state.value, expected_attempt)
+        return await self._changed(UPDATE_TASK, params)
+
+    async def append_history(self, entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
+        stored = []
+        for entry in entries:
+            params = (
+                entry.at,
+                entry.type,
+                entry.run_id,
+                entry.task_id,
+                entry.step,
+                _dumps(entry.data),
+            )
+            row = await self._one(INSERT_HISTORY, params)
+            assert row is not None  # noqa: S101 - RETURNING always yields the new row
+            stored.append(
+                HistoryEntry(
+                    id=row[0],
+                    at=entry.at,
+                    type=entry.type,
+                    run_id=entry.run_id,
+                    task_id=entry.task_id,
+                    step=entry.step,
+                    data=entry.data,
+                )
+            )
+        return stored
+
+
+class SqliteStore:
+    """The Store protocol on one SQLite file."""
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+        self.path = str(path)
+        self._synchronous = synchronous
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        return cls(sqlite_path(url))
+
+    async def open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await self._writer.execute("PRAGMA journal_mode = WAL")
+        await self._migrate(self._writer)
+        self._reader = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        await db.execute("PRAGMA foreign_keys = ON")
+        await db.execute("PRAGMA busy_timeout = 5000")
+        await db.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return db
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            rows = list(await db.execute_fetchall("SELECT version FROM schema_version"))
+            current = rows[0][0] if rows else 0
+            if current > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.path} has schema version {current}; this orchestrator knows up to "
+                    f"{len(MIGRATIONS)}: upgrade the orchestrator"
+                )
+            for script in MIGRATIONS[current:]:
+                for statement in _statements(script):
+                    await db.execute(statement)
+            await db.execute("DELETE FROM schema_version")
+            await db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        for db in (self._reader, self._writer):
+            if db is not None:
+                await db.close()
+        self._reader = self._writer = None
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreUnavailable("the store is not open")
+        return self._reader
+
+    async def ping(self) -> None:
+        try:
+            await self.reader.execute_fetchall("SELECT 1")
+        except (sqlite3.Error, ValueError) as error:
+            raise StoreUnavailable(str(error)) from error
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteTx]:
+        if self._writer is None:
+            raise StoreUnavailable("the store is not open")
+        async with self._write_lock:
+            db = self._writer
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                raise StoreUnavailable(str(error)) from error
+            try:
+                yield SqliteTx(db)
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            else:
+                await db.execute("COMMIT")
+
+    async def _rows(self, sql: str, params: Sequence[Any]) -> Iterable[sqlite3.Row]:
+        return await self.reader.execute_fetchall(sql, params)
+
+    async def get_run(self, run_id: str) -> Run | None:
+        rows = list(await self._rows(SELECT_RUN, (run_id,)))
+        return run_from_row(rows[0]) if rows else None
+
+    async def get_event(self, event_id: str) -> Event | None:
+        rows = list(await self._rows(SELECT_EVENT, (event_id,)))
+        return event_from_row(rows[0]) if rows else None
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: RunState | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page[Run]:
+        clauses, params = ["1 = 1"], list[Any]()
+        if workflow is not None:
+            clauses.append("workflow = ?")
+            params.append(workflow)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status.value)
+        if cursor is not None:
+            clauses.append("id < ?")
+            params.append(cursor)
+        sql = f"SELECT * FROM runs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"  # noqa: S608 - clauses are fixed strings
+        rows = list(await self._rows(sql, [*params, limit + 1]))
+        runs = [run_from_row(row) for row in rows[:limit]]
+        next_cursor = runs[-1].id if len(rows) > limit else None
+        return Page(runs, next_cursor)
+
+    async def tasks_of_run(self, run_id: str) -> list[Task]:
+        return [task_from_row(row) for row in await self._rows(SELECT_TASKS_OF_RUN, (run_id,))]
+
+    async def barriers_of_run(self, run_id: str) -> list[Barrier]:
+        return [
+            barrier_from_row(row) for row in await self._rows(SELECT_BARRIERS_OF_RUN, (run_id,))
+        ]
+
+    async def history(
+        self,
+        *,
+        after: int = 0,
+        run_id: str | None = None,
+        type: str | None = None,
+        limit: int = 100,
+    ) -> list[HistoryEntry]:
+        clauses, params = ["id > ?"], list[Any]([after])
+        if run_id is not None:
+            clauses.append("run_id = ?")
+            params.append(run_id)
+        if type is not None:
+            clauses.append("type = ?")
+            params.append(type)
+        sql = f"SELECT * FROM history WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"  # noqa: S608 - clauses are fixed strings
+        return [history_from_row(row) for row in await self._rows(sql, [*params, limit])]
+
+    async def unfinished(self) -> Unfinished:
+        tasks = [task_from_row(row) for row in await self._rows(SELECT_UNFINISHED_TASKS, ())]
+        barriers = [barrier_from_row(row) for row in await self._rows(SELECT_WAITING_BARRIERS, ())]
+        return Unfinished(tasks, barriers)
+
+
+def _statements(script: str) -> list[str]:
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
