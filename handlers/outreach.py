@@ -62,14 +62,22 @@ async def research_lead(ctx: Context, lead: dict[str, Any]) -> dict[str, Any]:
     rng = _rng("research", lead["id"])
     await asyncio.sleep(rng.uniform(0.5, 3.0) * _scale())
     ctx.log.debug("lead_researched", lead=lead["id"])
-    return {**lead, "score": round(rng.uniform(0, 100), 1), "signal": rng.choice(["hiring", "funding", "launch", "expansion"])}
+    return {
+        **lead,
+        "score": round(rng.uniform(0, 100), 1),
+        "signal": rng.choice(["hiring", "funding", "launch", "expansion"]),
+    }
 
 
 def pick_top(ctx: Context) -> dict[str, Any]:
     """The ten best-scored leads among those whose research arrived."""
     researched = ctx.upstream["research"].values()
     top = sorted(researched, key=lambda lead: lead["score"], reverse=True)[:10]
-    return {"top": top, "considered": len(researched), "missing": len(ctx.upstream["research"].missing)}
+    return {
+        "top": top,
+        "considered": len(researched),
+        "missing": len(ctx.upstream["research"].missing),
+    }
 
 
 async def draft_email(ctx: Context, lead: dict[str, Any]) -> Draft:

@@ -90,6 +90,7 @@ def create_app(
                 await asyncio.gather(*running, return_exceptions=True)
                 await engine.close()
                 await store.close()
+                log.info("shutdown_complete")
 
     routes: list[Any] = [
         Route("/healthz", healthz, methods=["GET"]),

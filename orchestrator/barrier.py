@@ -106,7 +106,9 @@ def _decide(barrier: Barrier, now: float) -> tuple[Barrier, tuple[Effect, ...]]:
     if reachable:
         return barrier, ()
     if barrier.policy.on_failure == "fail_fast":
-        reason = f"{barrier.failed} failed; {barrier.required} successes can no longer arrive"
+        reason = (
+            f"{barrier.failed} failed; {barrier.required} required successes can no longer arrive"
+        )
         return _fail(barrier, now, reason), _with_cancel(barrier, Effect.FAILED)
     if barrier.outstanding == 0:
         reason = f"{barrier.succeeded} of {barrier.required} required successes arrived"

@@ -10,7 +10,7 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,23 +206,21 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     progress = Progress()
 
-    async def fire_requested(engine: Engine) -> None:
-        for name in args.fire:
-            await engine.fire(name, payload, source="cli")
-
     async def follow(engine: Engine) -> None:
         await progress.follow(engine)
 
-    app = create_app(
-        settings,
-        on_started=[fire_requested] if args.fire else [],
-        background=[follow] if show_progress else [],
-    )
+    app = create_app(settings, background=[follow] if show_progress else [])
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
     port = sock.getsockname()[1]
     url = f"http://{settings.host}:{port}"
+
+    async def on_ready() -> None:
+        announce()
+        engine: Engine = app.state.engine
+        for name in args.fire:
+            await engine.fire(name, payload, source="cli")
 
     def announce() -> None:
         log.info("server_ready", url=url, database=settings.database_url, pid=os.getpid())
@@ -243,7 +241,7 @@ def serve_command(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=3
     )
-    server = _Server(config, announce)
+    server = _Server(config, on_ready)
     server.run(sockets=[sock])
     return 0
 
@@ -251,14 +249,14 @@ def serve_command(args: argparse.Namespace) -> int:
 class _Server(uvicorn.Server):
     """uvicorn's server, announcing itself once it accepts connections."""
 
-    def __init__(self, config: uvicorn.Config, on_ready: Any) -> None:
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], Awaitable[None]]) -> None:
         super().__init__(config)
         self._on_ready = on_ready
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            self._on_ready()
+            await self._on_ready()
 
 
 async def fire_command(args: argparse.Namespace) -> int:

@@ -576,7 +576,7 @@ class Engine:
                         reason="the orchestrator restarted while it ran",
                     )
                 outbox.submit.append(Ready(pending, run.workflow, self._spec(run).steps[task.step]))
-            outbox.deadlines.extend(unfinished.barriers)
+            outbox.deadlines.extend(b for b in unfinished.barriers if b.deadline_at is not None)
             entries = await tx.append_history(outbox.history)
         self._after_commit(outbox, entries)
         if outbox.submit or outbox.deadlines:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pydantic
+import pydantic_core
 
 from orchestrator.states import Outcome
 
@@ -94,6 +95,8 @@ class Handler:
             except pydantic.ValidationError as error:
                 name = _type_name(self.output_type)
                 raise ValueError(f"output does not match {name}: {error}") from None
+            except pydantic_core.PydanticSerializationError as error:
+                raise ValueError(f"output is not JSON serializable: {error}") from None
         try:
             json.dumps(value)
         except (TypeError, ValueError) as error:

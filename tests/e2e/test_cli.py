@@ -1,0 +1,104 @@
+"""The `orchestrator` command as a user runs it: check, serve the demo, fire and follow."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import REPO, TOKEN, Orchestrator
+
+pytestmark = pytest.mark.e2e
+
+DEMO_CONFIG = REPO / "config" / "orchestrator.toml"
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator", *args,
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_check_accepts_the_shipped_config() -> None:
+    """`orchestrator check` validates the example config and imports its handlers."""
+    code, out, _ = await run_cli("check", str(DEMO_CONFIG))
+    assert code == 0
+    assert "OK" in out
+    assert "morning_outreach" in out
+
+
+async def test_check_names_file_field_and_expectation_without_a_traceback(tmp_path: Path) -> None:
+    """A broken config exits 2 with one line per problem naming file and field."""
+    config = tmp_path / "broken.toml"
+    config.write_text(
+        '[workflows.w.steps.a]\nhandler = "handlers.outreach:fetch_leads"\nretries = "many"\n'
+        '[workflows.v.steps.b]\nhandler = "no.such.module:thing"\n'
+    )
+    code, _, err = await run_cli("check", str(config))
+    assert code == 2
+    assert "Traceback" not in err
+    assert f"{config}: workflows.w.steps.a.retries:" in err
+    assert "integer" in err
+
+    config.write_text('[workflows.v.steps.b]\nhandler = "no.such.module:thing"\n')
+    code, _, err = await run_cli("check", str(config))
+    assert code == 2
+    assert f"{config}: workflows.v.steps.b.handler: cannot import module 'no.such.module'" in err
+
+
+async def test_serve_refuses_a_public_address_without_an_admin_token(tmp_path: Path) -> None:
+    """Binding beyond loopback with no admin token is refused before anything listens."""
+    env = {key: value for key, value in os.environ.items() if key != "ORCHESTRATOR_ADMIN_TOKEN"}
+    env["ORCHESTRATOR_DATABASE_URL"] = f"sqlite:///{tmp_path / 'x.db'}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator", "serve", "--config", str(DEMO_CONFIG),
+        "--host", "0.0.0.0", cwd=REPO,  # noqa: S104 - the test checks this is refused env={**env, "PYTHONPATH": str(REPO)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        _, err = await process.communicate()
+    assert process.returncode == 2
+    assert "ORCHESTRATOR_ADMIN_TOKEN" in err.decode()
+
+
+async def test_demo_morning_run_prints_progress_and_a_summary(
+    orchestrators: Callable[..., Orchestrator],
+) -> None:
+    """`serve --fire morning` (what `make run` does) runs the demo and prints its summary."""
+    server = orchestrators(DEMO_CONFIG, OUTREACH_DELAY_SCALE="0.01")
+    await server.start("--fire", "morning", "--progress")
+    headline = await server.printed("■ morning_outreach")
+    assert headline.endswith("succeeded")
+    await server.printed("critical path")
+    text = "\n".join(server.stdout)
+    assert "research: 30 task(s) started at once" in text
+    assert "draft: 10 task(s) started at once" in text
+    assert "speedup" in text
+    assert "admin API" in text
+    assert await server.stop(), "the server shuts down cleanly on SIGTERM"
+
+
+async def test_fire_wait_follows_a_run_on_a_running_server(
+    orchestrators: Callable[..., Orchestrator],
+) -> None:
+    """`orchestrator fire NAME --wait` fires over HTTP, streams progress and exits 0."""
+    server = await orchestrators(DEMO_CONFIG, OUTREACH_DELAY_SCALE="0").start("--no-progress")
+    code, out, err = await run_cli(
+        "fire", "morning", "--url", server.url, "--wait", env={"ORCHESTRATOR_ADMIN_TOKEN": TOKEN}
+    )
+    assert code == 0, err
+    assert out.startswith("fired morning: event evt_")
+    assert "■ morning_outreach" in out
+    assert "succeeded" in out
+    assert "wall-clock" in out
+    assert await server.stop()
