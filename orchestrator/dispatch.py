@@ -30,7 +30,7 @@ from orchestrator.limits import Admission, LaneLimits
 from orchestrator.model import StepSpec
 from orchestrator.records import HistoryEntry, Task
 from orchestrator.states import Outcome, TaskState
-from orchestrator.store import Store, StoreTx, StoreUnavailable
+from orchestrator.store import Store, StoreTx
 from orchestrator.timers import Clock, TimerHeap
 
 log = structlog.get_logger("orchestrator.dispatch")
@@ -174,8 +174,8 @@ class Dispatcher:
                     )
                     for item in started
                 )
-        except StoreUnavailable as error:
-            log.warning("dispatch_deferred", reason=str(error), tasks=len(batch))
+        except Exception as error:  # any store failure defers the batch; it is never lost
+            log.warning("dispatch_deferred", reason=str(error), tasks=len(batch), exc_info=True)
             self.release(item.task.id for item in batch)
             retry_at = self._clock() + STORE_RETRY_SECONDS
             for item in batch:
@@ -259,7 +259,11 @@ class Dispatcher:
         # Leave the running set before reporting, so the release that the report causes
         # does not cancel this very coroutine half-way through its report.
         self._running.pop(item.task.id, None)
-        await self._report(item.task.id, item.task.attempt, result, "handler")
+        try:
+            await self._report(item.task.id, item.task.attempt, result, "handler")
+        except Exception:
+            # The task stays dispatched: its deadline, or the next restart, settles it.
+            log.exception("report_failed", task_id=item.task.id)
 
     async def close(self) -> None:
         """Stop handlers still running; their tasks stay dispatched and restart re-dispatches them."""

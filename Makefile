@@ -1,0 +1,32 @@
+# Two commands from zero: `make run` (the demo) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint check clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## start the orchestrator on SQLite and fire the example morning run
+	$(BIN)/orchestrator serve --config config/orchestrator.toml --fire morning
+
+test: $(STAMP)  ## run the whole test suite with branch coverage
+	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
+
+lint: $(STAMP)  ## ruff (lint and format) and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+check: lint test  ## everything CI runs
+
+clean:  ## remove the virtualenv, caches and the demo database
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage orchestrator.db orchestrator.db-*
