@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -21,8 +22,8 @@ def parse_duration(value: object) -> float:
         seconds = _parse_text(value.strip())
     else:
         raise ValueError("expected a duration such as 30, '30s', '10m' or '1h30m'")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a finite number of seconds, zero or more")
     return seconds
 
 

@@ -13,7 +13,7 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
 def new_id(prefix: str, now: float | None = None) -> str:
     """A new id such as `run_01jd...`; `now` (epoch seconds) fixes the time part for tests."""
-    millis = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    millis = round((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
     value = (millis << 80) | secrets.randbits(80)
     chars = []
     for _ in range(26):

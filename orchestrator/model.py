@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -57,11 +58,19 @@ class JoinPolicy(Spec):
         elif self.quorum_count is not None:
             wanted = self.quorum_count
         else:
-            wanted = math.ceil(expected * (self.quorum_percent or 0.0) / 100.0)
+            # Exact decimal arithmetic: 64.4% of 250 is 161, not the 162 that floats give.
+            share = Fraction(str(self.quorum_percent or 0.0)) * expected / 100
+            wanted = math.ceil(share)
         return min(wanted, expected)
 
 
 def _parse_quorum(value: object) -> object:
+    """A whole count stays an int; a percentage string "80%" becomes a float of percent.
+
+    A bare float is refused: in TOML, `quorum = 8.0` would silently mean 8% otherwise.
+    """
+    if isinstance(value, float):
+        raise ValueError("a quorum is a whole count such as 8 or a percentage string such as '80%'")
     if isinstance(value, str) and value.strip().endswith("%"):
         try:
             return float(value.strip()[:-1])

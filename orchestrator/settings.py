@@ -72,7 +72,7 @@ class Settings(BaseSettings):
             if trigger.workflow not in self.workflows:
                 known = ", ".join(sorted(self.workflows)) or "none"
                 raise ValueError(
-                    f"trigger {name!r} names unknown workflow {trigger.workflow!r} (workflows: {known})"
+                    f"triggers.{name}.workflow: unknown workflow {trigger.workflow!r} (workflows: {known})"
                 )
         return self
 
@@ -111,20 +111,19 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 def _describe(source: Path, problem: Any) -> str:
     location = problem["loc"]
-    field = ".".join(str(part) for part in location) or "(top level)"
     origin = str(source)
     if location and isinstance(location[0], str):
-        variable = f"{ENV_PREFIX}{location[0].upper()}"
-        if variable in os.environ:
+        variable = f"{ENV_PREFIX}{location[0]}".upper()
+        if any(name.upper() == variable for name in os.environ):
             origin = f"environment variable {variable}"
     message = str(problem["msg"]).removeprefix("Value error, ")
-    if problem["type"] in ("missing", "extra_forbidden"):
-        message = (
-            "unknown field (check the spelling)"
-            if problem["type"] == "extra_forbidden"
-            else "required field is missing"
-        )
-    return f"{origin}: {field}: {message}"
+    if problem["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling)"
+    elif problem["type"] == "missing":
+        message = "required field is missing"
+    if not location:  # whole-model checks name their own field path in the message
+        return f"{origin}: {message}"
+    return f"{origin}: {'.'.join(str(part) for part in location)}: {message}"
 
 
 def check_handlers(settings: Settings, source: Path) -> None:

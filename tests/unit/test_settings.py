@@ -1,0 +1,280 @@
+"""Settings: the TOML file, environment overrides, and problems that name their source and field."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from orchestrator.settings import ConfigError, Settings, check_handlers, load_settings
+
+REPO = Path(__file__).parents[2]
+
+VALID = """
+database_url = "sqlite:///from-file.db"
+port = 9000
+
+[workflows.outreach]
+description = "two steps"
+
+[workflows.outreach.steps.fetch]
+handler = "handlers.outreach:fetch_leads"
+
+[workflows.outreach.steps.research]
+handler = "handlers.outreach:research_lead"
+needs = ["fetch"]
+for_each = "fetch.leads"
+timeout = "30s"
+quorum = "80%"
+
+[triggers.morning]
+workflow = "outreach"
+payload = { count = 3 }
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see no ORCHESTRATOR_* variables but the ones they set."""
+    for name in list(os.environ):
+        if name.upper().startswith("ORCHESTRATOR_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "orchestrator.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert str(error.value) == "\n".join(error.value.problems)
+    return error.value.problems
+
+
+def test_valid_file_loads(tmp_path: Path) -> None:
+    """A valid file loads with its values, nested workflow specs and triggers."""
+    settings = load_settings(write(tmp_path, VALID))
+    assert settings.database_url == "sqlite:///from-file.db"
+    assert settings.port == 9000
+    assert settings.host == "127.0.0.1"
+    research = settings.workflows["outreach"].steps["research"]
+    assert research.timeout == 30.0
+    assert research.policy().quorum_percent == 80.0
+    assert settings.triggers["morning"].payload == {"count": 3}
+
+
+def test_path_may_be_a_string(tmp_path: Path) -> None:
+    """load_settings accepts the path as a string too."""
+    assert load_settings(str(write(tmp_path, VALID))).port == 9000
+
+
+def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an argument, ORCHESTRATOR_CONFIG names the file (and is not an unknown setting)."""
+    monkeypatch.setenv("ORCHESTRATOR_CONFIG", str(write(tmp_path, VALID)))
+    assert load_settings().port == 9000
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A missing file is one problem naming the path and how to point at another."""
+    path = tmp_path / "absent.toml"
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: no such config file")
+    assert "ORCHESTRATOR_CONFIG" in problem
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    """A file that is not TOML is one problem naming the path and the parser's position."""
+    path = write(tmp_path, 'port = 9000\nname = "unterminated\n')
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: not valid TOML")
+    assert "line 2" in problem
+
+
+def test_unknown_top_level_field(tmp_path: Path) -> None:
+    """A misspelt top-level key is reported as an unknown field with its name."""
+    path = write(tmp_path, 'databse_url = "x"\n')
+    assert problems_of(path) == [f"{path}: databse_url: unknown field (check the spelling)"]
+
+
+def test_unknown_nested_field(tmp_path: Path) -> None:
+    """A misspelt step key is reported with its dotted path through the workflow."""
+    path = write(
+        tmp_path,
+        '[workflows.w.steps.s]\nhandler = "handlers.outreach:fetch_leads"\nretires = 2\n',
+    )
+    assert problems_of(path) == [
+        f"{path}: workflows.w.steps.s.retires: unknown field (check the spelling)"
+    ]
+
+
+def test_bad_type_names_field_and_expectation(tmp_path: Path) -> None:
+    """A value of the wrong type names the file, the dotted field and what was expected."""
+    path = write(
+        tmp_path,
+        '[workflows.w.steps.s]\nhandler = "handlers.outreach:fetch_leads"\nretries = "many"\n',
+    )
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: workflows.w.steps.s.retries: ")
+    assert "valid integer" in problem
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    """A step without its handler is reported as a missing required field."""
+    path = write(tmp_path, "[workflows.w.steps.s]\nretries = 1\n")
+    assert problems_of(path) == [f"{path}: workflows.w.steps.s.handler: required field is missing"]
+
+
+def test_bad_duration_in_file(tmp_path: Path) -> None:
+    """A bad duration is reported at its field with the expected forms, without pydantic's prefix."""
+    path = write(
+        tmp_path,
+        '[workflows.w.steps.s]\nhandler = "handlers.outreach:fetch_leads"\ntimeout = "soon"\n',
+    )
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: workflows.w.steps.s.timeout: expected a duration")
+    assert "Value error" not in problem
+
+
+def test_every_problem_is_listed(tmp_path: Path) -> None:
+    """Several problems in one file are all reported, one line each."""
+    path = write(
+        tmp_path,
+        'port = "high"\nlog_level = "loud"\nbogus = 1\n'
+        '[workflows.w.steps.s]\nhandler = "handlers.outreach:fetch_leads"\nretries = -1\n',
+    )
+    fields = {problem.split(": ")[1] for problem in problems_of(path)}
+    assert fields == {"port", "log_level", "bogus", "workflows.w.steps.s.retries"}
+
+
+def test_graph_problem_names_the_workflow(tmp_path: Path) -> None:
+    """A workflow-level problem (a cycle) is reported against that workflow."""
+    path = write(
+        tmp_path,
+        '[workflows.w.steps.a]\nhandler = "m:f"\nneeds = ["b"]\n'
+        '[workflows.w.steps.b]\nhandler = "m:f"\nneeds = ["a"]\n',
+    )
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: workflows.w: the needs graph has a cycle")
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORCHESTRATOR_DATABASE_URL wins over the file's database_url."""
+    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", "postgresql://db/orchestrator")
+    settings = load_settings(write(tmp_path, VALID))
+    assert settings.database_url == "postgresql://db/orchestrator"
+    assert settings.port == 9000, "fields not in the environment still come from the file"
+
+
+def test_environment_sets_what_the_file_omits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An environment variable sets a field the file leaves at its default."""
+    monkeypatch.setenv("ORCHESTRATOR_LOG_LEVEL", "debug")
+    assert load_settings(write(tmp_path, VALID)).log_level == "debug"
+
+
+def test_bad_environment_value_is_attributed_to_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad value from the environment is reported against the variable, not the file."""
+    monkeypatch.setenv("ORCHESTRATOR_PORT", "eighty")
+    [problem] = problems_of(write(tmp_path, VALID))
+    assert problem.startswith("environment variable ORCHESTRATOR_PORT: port: ")
+    assert "valid integer" in problem
+
+
+def test_file_problem_stays_with_the_file_when_other_variables_are_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unrelated environment variable does not take the blame for a bad file value."""
+    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", "sqlite:///env.db")
+    path = write(tmp_path, 'port = "eighty"\n')
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: port: ")
+
+
+def test_trigger_naming_unknown_workflow(tmp_path: Path) -> None:
+    """A trigger that names a missing workflow is reported with the file, the trigger and the known workflows."""
+    path = write(
+        tmp_path,
+        '[workflows.real.steps.s]\nhandler = "m:f"\n[triggers.nightly]\nworkflow = "ghost"\n',
+    )
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: ")
+    assert (
+        problem == f"{path}: triggers.nightly.workflow: unknown workflow 'ghost' (workflows: real)"
+    )
+
+
+def test_lowercase_environment_variable_is_named_as_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pydantic-settings reads env names in any case, so attribution ignores case too."""
+    monkeypatch.setenv("orchestrator_port", "abc")
+    path = write(tmp_path, "")
+    [problem] = problems_of(path)
+    assert problem.startswith("environment variable ORCHESTRATOR_PORT: port: ")
+
+
+def test_trigger_with_no_workflows_at_all(tmp_path: Path) -> None:
+    """With no workflows declared, the message says there are none."""
+    path = write(tmp_path, '[triggers.nightly]\nworkflow = "ghost"\n')
+    [problem] = problems_of(path)
+    assert "(workflows: none)" in problem
+
+
+def test_bad_workflow_name(tmp_path: Path) -> None:
+    """A workflow name with characters outside letters, digits, _ and - is rejected."""
+    path = write(tmp_path, '[workflows."bad name".steps.s]\nhandler = "m:f"\n')
+    [problem] = problems_of(path)
+    assert "workflow name 'bad name'" in problem
+
+
+def test_check_handlers_names_the_field(tmp_path: Path) -> None:
+    """A handler that does not import is reported at workflows.X.steps.Y.handler with the reason."""
+    path = write(
+        tmp_path,
+        "[workflows.w.steps.good]\n"
+        'handler = "handlers.outreach:fetch_leads"\n'
+        "[workflows.w.steps.no_attr]\n"
+        'handler = "handlers.outreach:no_such_function"\n'
+        "[workflows.w.steps.no_module]\n"
+        'handler = "no_such_module_for_tests:run"\n',
+    )
+    settings = load_settings(path)
+    with pytest.raises(ConfigError) as error:
+        check_handlers(settings, path)
+    problems = error.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{path}: workflows.w.steps.no_attr.handler: ")
+    assert "no_such_function" in problems[0]
+    assert problems[1].startswith(f"{path}: workflows.w.steps.no_module.handler: ")
+    assert "no_such_module_for_tests" in problems[1]
+
+
+def test_check_handlers_accepts_importable_handlers(tmp_path: Path) -> None:
+    """check_handlers is silent when every handler imports."""
+    path = write(tmp_path, VALID)
+    check_handlers(load_settings(path), path)
+
+
+def test_admin_tokens_split_on_commas() -> None:
+    """Several comma-separated admin tokens are accepted for rotation; blanks are dropped."""
+    settings = Settings(admin_token=SecretStr(" old-token , new-token ,"))
+    assert settings.admin_tokens() == ["old-token", "new-token"]
+    assert Settings().admin_tokens() == []
+
+
+def test_shipped_config_loads_and_its_handlers_import() -> None:
+    """config/orchestrator.toml as shipped is valid and every handler it names imports."""
+    path = REPO / "config" / "orchestrator.toml"
+    settings = load_settings(path)
+    assert settings.workflows, "the example declares at least one workflow"
+    for trigger in settings.triggers.values():
+        assert trigger.workflow in settings.workflows
+    check_handlers(settings, path)
