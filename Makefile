@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)  ## start the orchestrator on SQLite and fire the example morning run
-	$(BIN)/orchestrator serve --config config/orchestrator.toml --fire morning
+	$(BIN)/orchestrator serve --config config/orchestrator.toml --sidecar research=handlers.fake_research:create_app --fire morning
 
 test: $(STAMP)  ## run the whole test suite with branch coverage
 	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered

@@ -1,8 +1,9 @@
 """The example "morning outreach" workflow: research leads, draft emails, update a CRM, summarize.
 
-The "external work" here is simulated with a delay (OUTREACH_DELAY_SCALE scales it; 0 makes
-it instant), so the demo shows the shape that matters: 30 research tasks at once, a join,
-10 drafts at once, one batched CRM write, one summary.
+Research goes to an external service (simulated by handlers.fake_research) that calls back
+signed; drafting and the CRM write are simulated locally with a delay. OUTREACH_DELAY_SCALE
+scales every simulated delay (0 makes them instant). The shape is what matters: 30 research
+tasks at once, a join, 10 drafts at once, one batched CRM write, one summary.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator.invoke import Context
+from orchestrator.invoke import AwaitCallback, Context
 
 COMPANIES = [
     "Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne", "Wonka", "Tyrell",
@@ -57,16 +58,31 @@ def fetch_leads(ctx: Context) -> dict[str, Any]:
     return {"leads": leads}
 
 
-async def research_lead(ctx: Context, lead: dict[str, Any]) -> dict[str, Any]:
-    """Research one lead (simulated: 0.5-3 s) and score how promising it is."""
-    rng = _rng("research", lead["id"])
-    await asyncio.sleep(rng.uniform(0.5, 3.0) * _scale())
-    ctx.log.debug("lead_researched", lead=lead["id"])
-    return {
-        **lead,
-        "score": round(rng.uniform(0, 100), 1),
-        "signal": rng.choice(["hiring", "funding", "launch", "expansion"]),
-    }
+class Research(BaseModel):
+    """What the research service reports about a lead; a callback that does not fit is refused."""
+
+    id: str
+    name: str
+    company: str
+    email: str
+    score: float
+    signal: str
+
+
+async def research_lead(ctx: Context, lead: dict[str, Any]) -> AwaitCallback[Research]:
+    """Hand one lead to the research service and return at once: it calls back when done.
+
+    The task then waits as a row in the database, costing nothing, until the signed callback
+    arrives (or 30 s pass). The service signs with the per-task secret it is handed here.
+    """
+    await ctx.dispatch(
+        json={
+            "lead": lead,
+            "callback_url": ctx.callback_url,
+            "callback_secret": ctx.callback_secret,
+        }
+    )
+    return ctx.await_callback(timeout="30s")
 
 
 def pick_top(ctx: Context) -> dict[str, Any]:

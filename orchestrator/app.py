@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from orchestrator import admin
+from orchestrator import admin, callbacks
+from orchestrator.callbacks import CallbackLimits
 from orchestrator.engine import Engine
 from orchestrator.http import BearerAuth, HttpError, error_response
 from orchestrator.settings import Settings
@@ -76,7 +77,16 @@ def create_app(
         store = open_store(settings.database_url)
         await store.open()
         async with http_client() as http:
-            engine = Engine(store, settings.workflows, settings.triggers, http=http)
+            key = settings.callback_key
+            engine = Engine(
+                store,
+                settings.workflows,
+                settings.triggers,
+                http=http,
+                services=settings.services,
+                public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
+                callback_key=key.get_secret_value().encode() if key else None,
+            )
             app.state.engine = engine
             running = [asyncio.ensure_future(job(engine)) for job in background]
             try:
@@ -95,14 +105,17 @@ def create_app(
     routes: list[Any] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Mount("/callbacks", routes=callbacks.routes),
         Mount(
             "/admin",
             routes=admin.routes,
             middleware=[Middleware(BearerAuth, tokens=settings.admin_tokens())],
         ),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HttpError: _http_error, StoreUnavailable: _store_unavailable},
     )
+    app.state.callback_limits = CallbackLimits(settings.body_limit, settings.signature_tolerance)
+    return app

@@ -8,14 +8,12 @@ import ipaddress
 import json
 import os
 import secrets
-import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
-import uvicorn
 from pydantic import SecretStr
 
 from orchestrator import __version__
@@ -24,6 +22,7 @@ from orchestrator.app import create_app
 from orchestrator.client import AdminClient, AdminError
 from orchestrator.engine import Engine
 from orchestrator.progress import Progress
+from orchestrator.serve import MainServer, listening_socket, run, sidecar, uvicorn_config
 from orchestrator.settings import ConfigError, Settings, check_handlers, config_path, load_settings
 from orchestrator.states import RunState
 
@@ -82,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fire this trigger or workflow once the server is up (repeatable)",
     )
     serve.add_argument("--payload", metavar="FILE", help="JSON payload for --fire ('-' for stdin)")
+    serve.add_argument(
+        "--sidecar",
+        action="append",
+        default=[],
+        metavar="SERVICE=MODULE:FACTORY",
+        help="also serve the ASGI app FACTORY() makes at SERVICE's configured url "
+        "(the demo's simulated services; local development)",
+    )
     serve.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -209,12 +216,12 @@ def serve_command(args: argparse.Namespace) -> int:
     async def follow(engine: Engine) -> None:
         await progress.follow(engine)
 
-    app = create_app(settings, background=[follow] if show_progress else [])
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    sock = listening_socket(settings.host, settings.port)
     port = sock.getsockname()[1]
+    settings = settings.model_copy(update={"port": port})
     url = f"http://{settings.host}:{port}"
+    sidecars = [sidecar(spec, settings) for spec in args.sidecar]
+    app = create_app(settings, background=[follow] if show_progress else [])
 
     async def on_ready() -> None:
         announce()
@@ -224,9 +231,13 @@ def serve_command(args: argparse.Namespace) -> int:
 
     def announce() -> None:
         log.info("server_ready", url=url, database=settings.database_url, pid=os.getpid())
+        for car in sidecars:
+            log.info("sidecar_ready", service=car.service, url=car.url)
         if show_progress or sys.stdout.isatty():
             print(f"orchestrator {__version__} listening on {url}  (Ctrl-C to stop)")
             print(f"  admin API   {url}/admin/runs")
+            for car in sidecars:
+                print(f"  sidecar     {car.service} at {car.url}")
             if ephemeral_token is not None:
                 print(
                     f"  admin token {ephemeral_token}  (generated for this process; "
@@ -238,25 +249,8 @@ def serve_command(args: argparse.Namespace) -> int:
                 )
             sys.stdout.flush()
 
-    config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=3
-    )
-    server = _Server(config, on_ready)
-    server.run(sockets=[sock])
+    run(MainServer(uvicorn_config(app), on_ready), sock, sidecars)
     return 0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, announcing itself once it accepts connections."""
-
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(config)
-        self._on_ready = on_ready
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            await self._on_ready()
 
 
 async def fire_command(args: argparse.Namespace) -> int:

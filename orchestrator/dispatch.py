@@ -22,20 +22,22 @@ from orchestrator.invoke import (
     Handler,
     HandlerImportError,
     HandlerResult,
+    Invocation,
     Upstream,
     invoke,
     load_handler,
 )
 from orchestrator.limits import Admission, LaneLimits
-from orchestrator.model import StepSpec
+from orchestrator.model import ServiceSpec, StepSpec
 from orchestrator.records import HistoryEntry, Task
 from orchestrator.states import Outcome, TaskState
 from orchestrator.store import Store, StoreTx
 from orchestrator.timers import Clock, TimerHeap
+from orchestrator.tokens import callback_token, task_secret, token_hash
 
 log = structlog.get_logger("orchestrator.dispatch")
 
-ReportFn = Callable[[str, int, HandlerResult, str], Awaitable[None]]
+ResultFn = Callable[["Ready", Invocation], Awaitable[None]]
 
 STORE_RETRY_SECONDS = 1.0
 
@@ -84,18 +86,24 @@ class Dispatcher:
         bus: HistoryBus,
         http: httpx.AsyncClient,
         executor: Executor,
-        report: ReportFn,
+        on_result: ResultFn,
         on_timeout: Callable[[Task], Awaitable[None]],
         clock: Clock,
+        public_url: str,
+        services: Mapping[str, ServiceSpec],
+        key: bytes | None = None,
     ) -> None:
         self._store = store
         self._timers = timers
         self._bus = bus
         self._http = http
         self._executor = executor
-        self._report = report
+        self._on_result = on_result
         self._on_timeout = on_timeout
         self._clock = clock
+        self._public_url = public_url.rstrip("/")
+        self._services = services
+        self._key = key
         self._admission: Admission[Ready] = Admission()
         self._handlers: dict[str, Handler] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -131,16 +139,46 @@ class Dispatcher:
         return offer
 
     def release(self, task_ids: Iterable[str]) -> None:
-        """These tasks are no longer in flight: free their slots and stop their handlers."""
+        """These tasks are no longer in flight: free their slots and clear their timers."""
         freed = False
         for task_id in task_ids:
             self._timers.cancel(timer_key(task_id))
             freed = self._admission.release(task_id) or freed
+        if freed:
+            self._pump()
+
+    def interrupt(self, task_ids: Iterable[str]) -> None:
+        """Stop the handlers of these tasks if they are still running."""
+        for task_id in task_ids:
             running = self._running.pop(task_id, None)
             if running is not None:
                 running.cancel()
-        if freed:
-            self._pump()
+
+    def arm_deadline(self, task: Task) -> None:
+        """Time out this dispatched task at its `due_at` (or never, without one)."""
+        if task.due_at is None:
+            self._timers.cancel(timer_key(task.id))
+        else:
+            self._timers.schedule(timer_key(task.id), task.due_at, self._timeout(task))
+
+    def hold(self, item: Ready) -> None:
+        """Count a task that is already in flight (awaiting its callback) against its limits.
+
+        Used at start-up: the task keeps its slot until its callback or deadline releases it.
+        """
+        self._admission.offer(item.lane, item.limits, item.task.id, item)
+        self._admission.take_one(item.lane, item.task.id, self._clock())
+        self.arm_deadline(item.task)
+
+    async def key(self) -> bytes:
+        """The callback key: given at construction, else made once and kept in the store."""
+        if self._key is None:
+            self._key = await self._store.server_key()
+        return self._key
+
+    def callback_url(self, task: Task) -> str:
+        assert self._key is not None  # noqa: S101 - loaded before the first dispatch
+        return f"{self._public_url}/callbacks/{callback_token(self._key, task.id, task.attempt)}"
 
     def _pump(self) -> None:
         admitted, wake_at = self._admission.take(self._clock())
@@ -160,8 +198,17 @@ class Dispatcher:
     async def _start(self, batch: list[Ready]) -> None:
         now = self._clock()
         try:
+            await self.key()
             async with self._store.transaction() as tx:
                 started = await self._mark_dispatched(tx, batch, now)
+                # The tokens are committed before any handler can hand its URL out, so a
+                # service that calls back at once never meets a 404.
+                await tx.insert_callback_tokens(
+                    [
+                        (token_hash(self._token(item.task)), item.task.id, item.task.attempt)
+                        for item in started
+                    ]
+                )
                 contexts = await self._contexts(tx, started)
                 entries = await tx.append_history(
                     HistoryEntry(
@@ -225,9 +272,23 @@ class Dispatcher:
                     log=structlog.get_logger("handler").bind(
                         run_id=task.run_id, task_id=task.id, step=task.step
                     ),
+                    callback_url=self.callback_url(task),
+                    callback_secret=self.callback_secret(task),
+                    service=None
+                    if item.spec.service is None
+                    else self._services.get(item.spec.service),
                 )
             )
         return contexts
+
+    def _token(self, task: Task) -> str:
+        assert self._key is not None  # noqa: S101 - loaded before the first dispatch
+        return callback_token(self._key, task.id, task.attempt)
+
+    def callback_secret(self, task: Task) -> str:
+        """The per-attempt secret a service may sign this task's callback with."""
+        assert self._key is not None  # noqa: S101 - loaded before the first dispatch
+        return task_secret(self._key, task.id, task.attempt)
 
     async def _event_payload(self, tx: StoreTx, run_id: str) -> Mapping[str, Any]:
         run = await tx.get_run(run_id)
@@ -235,10 +296,8 @@ class Dispatcher:
         return {} if event is None else event.payload
 
     def _launch(self, item: Ready, ctx: Context) -> None:
-        task = item.task
-        if task.due_at is not None:
-            self._timers.schedule(timer_key(task.id), task.due_at, self._timeout(task))
-        self._running[task.id] = asyncio.ensure_future(self._run(item, ctx))
+        self.arm_deadline(item.task)
+        self._running[item.task.id] = asyncio.ensure_future(self._run(item, ctx))
 
     def _timeout(self, task: Task) -> Callable[[], Awaitable[None]]:
         async def fire() -> None:
@@ -248,6 +307,7 @@ class Dispatcher:
 
     async def _run(self, item: Ready, ctx: Context) -> None:
         structlog.contextvars.bind_contextvars(run_id=ctx.run_id, task_id=ctx.task_id)
+        result: Invocation
         try:
             handler = self.handler(item.spec.handler)
         except HandlerImportError as error:
@@ -256,11 +316,11 @@ class Dispatcher:
             result = await invoke(
                 handler, ctx, item.task.item, item.spec.for_each is not None, self._executor
             )
-        # Leave the running set before reporting, so the release that the report causes
-        # does not cancel this very coroutine half-way through its report.
+        # Leave the running set before reporting, so that nothing the report causes can
+        # cancel this very coroutine half-way through its report.
         self._running.pop(item.task.id, None)
         try:
-            await self._report(item.task.id, item.task.attempt, result, "handler")
+            await self._on_result(item, result)
         except Exception:
             # The task stays dispatched: its deadline, or the next restart, settles it.
             log.exception("report_failed", task_id=item.task.id)

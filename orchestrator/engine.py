@@ -1,50 +1,42 @@
 """The engine: fires runs and completes tasks, each in one transaction, then acts on what committed.
 
 `report()` is the one path that completes a task, whatever reported it (a handler's return,
-a timer, later a callback or an operator). In one transaction it applies the task's state
+a timer, a callback or an operator). In one transaction it applies the task's state
 machine, advances the step's barrier, appends history, and creates the tasks of every step
-whose barrier just opened; only after the commit does it start those tasks, arm timers and
-publish the history.
+whose barrier just opened (advance.py); only after the commit does it start those tasks,
+arm timers and publish the history.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import httpx
 import structlog
 
-from orchestrator import barrier as barriers
-from orchestrator.barrier import Arrival, Barrier, BarrierStatus, Effect
+from orchestrator.advance import Advance, Applied, Outbox
+from orchestrator.barrier import Arrival, Barrier
 from orchestrator.bus import HistoryBus
 from orchestrator.dispatch import Dispatcher, Ready
 from orchestrator.ids import new_id
-from orchestrator.invoke import HandlerResult
-from orchestrator.model import StepSpec, TriggerSpec, WorkflowSpec
+from orchestrator.invoke import Handoff, Invocation, Redispatch
+from orchestrator.model import ServiceSpec, TriggerSpec, WorkflowSpec
 from orchestrator.records import Event, HistoryEntry, Run, Task
-from orchestrator.states import (
-    Ignore,
-    Outcome,
-    Retry,
-    RetryPolicy,
-    RunMove,
-    RunState,
-    Settle,
-    TaskState,
-    decide_report,
-    next_run_state,
-)
-from orchestrator.store import Store, StoreTx, StoreUnavailable
+from orchestrator.states import Outcome, RunMove, RunState, TaskState, backoff_delay
+from orchestrator.store import Store, StoreUnavailable
 from orchestrator.timers import Clock, TimerHeap
 
 log = structlog.get_logger("orchestrator.engine")
 
-REPORT_RETRY_SECONDS = 1.0
+STORE_RETRY_SECONDS = 1.0
+MAX_DISPATCH_TRIES = 8
 _SPEC_CACHE_SIZE = 1024
 
 
@@ -52,8 +44,13 @@ class UnknownTarget(LookupError):
     """A fire for a name that is neither a trigger nor a workflow."""
 
 
-class FanOutError(ValueError):
-    """A step's for_each source is missing or not a list."""
+class Verdict(StrEnum):
+    """How a callback or heartbeat is answered: 200, 200, 409 or 410."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    GONE = "gone"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,22 +58,6 @@ class Fired:
     event_id: str
     run_id: str | None
     duplicate: bool
-
-
-@dataclass(slots=True)
-class _Outbox:
-    """What one transaction decided to do once it has committed."""
-
-    history: list[HistoryEntry] = field(default_factory=list)
-    submit: list[Ready] = field(default_factory=list)
-    released: list[str] = field(default_factory=list)
-    deadlines: list[Barrier] = field(default_factory=list)
-    cleared_deadlines: list[tuple[str, str]] = field(default_factory=list)
-
-    def note(self, type: str, at: float, run_id: str | None = None, **kw: Any) -> None:
-        task_id = kw.pop("task_id", None)
-        step = kw.pop("step", None)
-        self.history.append(HistoryEntry(type, at, run_id, task_id, step, kw))
 
 
 def step_deadline_key(run_id: str, step: str) -> tuple[str, str, str]:
@@ -91,6 +72,9 @@ class Engine:
         triggers: Mapping[str, TriggerSpec] | None = None,
         *,
         http: httpx.AsyncClient,
+        services: Mapping[str, ServiceSpec] | None = None,
+        public_url: str = "http://127.0.0.1:8000",
+        callback_key: bytes | None = None,
         clock: Clock = time.time,
         rng: random.Random | None = None,
         executor: Executor | None = None,
@@ -99,6 +83,7 @@ class Engine:
         self.store = store
         self.workflows = dict(workflows)
         self.triggers = dict(triggers or {})
+        self.services = dict(services or {})
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.bus = bus or HistoryBus()
@@ -111,10 +96,22 @@ class Engine:
             bus=self.bus,
             http=http,
             executor=self._executor,
-            report=self.report_result,
+            on_result=self._on_result,
             on_timeout=self._task_timed_out,
             clock=clock,
+            public_url=public_url,
+            services=self.services,
+            key=callback_key,
         )
+
+    @contextlib.asynccontextmanager
+    async def _advancing(self) -> AsyncIterator[Advance]:
+        """One transaction of run changes; what it decided is acted on after the commit."""
+        async with self.store.transaction() as tx:
+            advance = Advance(tx, self.clock(), self.rng, self._spec)
+            yield advance
+            entries = await tx.append_history(advance.outbox.history)
+        self._after_commit(advance.outbox, entries)
 
     # -- firing ----------------------------------------------------------------------------
 
@@ -140,17 +137,10 @@ class Engine:
         trigger, workflow_name, defaults = self.resolve(name)
         workflow = self.workflows[workflow_name]
         now = self.clock()
-        event = Event(
-            new_id("evt", now),
-            trigger,
-            workflow_name,
-            now,
-            {**defaults, **(payload or {})},
-            dedup_key,
-        )
-        outbox = _Outbox()
-        async with self.store.transaction() as tx:
-            stored, created = await tx.insert_event(event)
+        merged = {**defaults, **(payload or {})}
+        event = Event(new_id("evt", now), trigger, workflow_name, now, merged, dedup_key)
+        async with self._advancing() as advance:
+            stored, created = await advance.tx.insert_event(event)
             if not created:
                 return Fired(stored.id, None, duplicate=True)
             run = Run(
@@ -161,35 +151,47 @@ class Engine:
                 created_at=now,
                 spec=workflow.model_dump(mode="json"),
             )
-            await tx.insert_run(run)
-            outbox.note(
+            await advance.tx.insert_run(run)
+            self._specs[run.id] = workflow
+            advance.outbox.note(
                 "event_received", now, run.id, trigger=trigger, source=source, event_id=event.id
             )
-            outbox.note("run_started", now, run.id, workflow=workflow_name)
-            self._specs[run.id] = workflow
-            await self._start_ready_steps(tx, run, workflow, now, outbox)
-            entries = await tx.append_history(outbox.history)
+            advance.outbox.note("run_started", now, run.id, workflow=workflow_name)
+            await advance.start_ready_steps(run)
         log.info("run_started", run_id=run.id, workflow=workflow_name, trigger=trigger)
-        self._after_commit(outbox, entries)
         return Fired(event.id, run.id, duplicate=False)
 
     # -- completing ------------------------------------------------------------------------
 
-    async def report_result(
-        self, task_id: str, attempt: int, result: HandlerResult, source: str
+    async def _on_result(self, item: Ready, result: Invocation) -> None:
+        task = item.task
+        if isinstance(result, Handoff):
+            await self._with_store_retry(("handoff", task.id), lambda: self.hand_off(task, result))
+        elif isinstance(result, Redispatch):
+            await self._with_store_retry(
+                ("redispatch", task.id), lambda: self.dispatch_failed(task, result)
+            )
+        else:
+            await self._with_store_retry(
+                ("report", task.id),
+                lambda: self.report(
+                    task.id, task.attempt, result.outcome, result.output, result.error, "handler"
+                ),
+            )
+
+    async def _with_store_retry(
+        self, key: tuple[str, str], action: Callable[[], Awaitable[object]]
     ) -> None:
-        """Report a handler's result; a busy store defers the report on the timer heap."""
+        """Run `action`; if the store is busy, run it again from the timer heap."""
         try:
-            await self.report(task_id, attempt, result.outcome, result.output, result.error, source)
+            await action()
         except StoreUnavailable as error:
-            log.warning("report_deferred", task_id=task_id, reason=str(error))
+            log.warning("store_busy_deferred", action=key[0], task_id=key[1], reason=str(error))
 
             async def again() -> None:
-                await self.report_result(task_id, attempt, result, source)
+                await self._with_store_retry(key, action)
 
-            self.timers.schedule(
-                ("report", task_id, attempt), self.clock() + REPORT_RETRY_SECONDS, again
-            )
+            self.timers.schedule(key, self.clock() + STORE_RETRY_SECONDS, again)
 
     async def report(
         self,
@@ -201,317 +203,175 @@ class Engine:
         source: str = "handler",
     ) -> bool:
         """The one completion path; True if the report changed the task, False if ignored."""
-        now = self.clock()
-        outbox = _Outbox()
-        async with self.store.transaction() as tx:
-            task = await tx.get_task(task_id)
+        async with self._advancing() as advance:
+            task = await advance.tx.get_task(task_id)
             if task is None:
                 return False
-            run = await tx.get_run(task.run_id)
-            assert run is not None  # noqa: S101 - a foreign key guarantees it
-            spec = self._spec(run)
-            applied = await self._apply_report(
-                tx, run, spec, task, attempt, outcome, output, error, source, now, outbox
-            )
-            entries = await tx.append_history(outbox.history)
-        self._after_commit(outbox, entries)
-        return applied
+            applied = await advance.report(task, attempt, outcome, output, error, source)
+        return applied.changed
 
-    async def _apply_report(
+    async def _task_timed_out(self, task: Task) -> None:
+        error = "no result within the step's timeout"
+        if task.awaiting:
+            error = "no callback (or heartbeat) before the deadline"
+        await self._with_store_retry(
+            ("timeout", task.id),
+            lambda: self.report(
+                task.id, task.attempt, Outcome.TIMED_OUT, error=error, source="timer"
+            ),
+        )
+
+    async def hand_off(self, task: Task, handoff: Handoff) -> bool:
+        """The handler handed its work to a service: wait for the callback, with a deadline."""
+        async with self._advancing() as advance:
+            current = await advance.tx.get_task(task.id)
+            if (
+                current is None
+                or current.state is not TaskState.DISPATCHED
+                or current.attempt != task.attempt
+            ):
+                return False  # the callback came first (or the task ended meanwhile)
+            run = await advance.tx.get_run(task.run_id)
+            assert run is not None  # noqa: S101 - a foreign key guarantees it
+            step = self._spec(run).steps[task.step]
+            window = handoff.heartbeat or step.heartbeat or handoff.timeout or step.timeout
+            waiting = current.replace(
+                awaiting=True, due_at=None if window is None else advance.now + window
+            )
+            if not await advance.tx.transition_task(waiting, current.state, current.attempt):
+                return False
+            advance.outbox.note(
+                "task_awaiting_callback", advance.now, run.id, task_id=task.id, step=task.step,
+                attempt=task.attempt, deadline=waiting.due_at,
+            )  # fmt: skip
+            advance.outbox.task_deadlines.append(waiting)
+        return True
+
+    async def dispatch_failed(self, task: Task, failure: Redispatch) -> None:
+        """The hand-off did not get through: dispatch the same attempt again, later."""
+        async with self._advancing() as advance:
+            current = await advance.tx.get_task(task.id)
+            if (
+                current is None
+                or current.state is not TaskState.DISPATCHED
+                or current.attempt != task.attempt
+            ):
+                return
+            tries = current.dispatch_tries + 1
+            if tries >= MAX_DISPATCH_TRIES:
+                error = f"dispatch failed {tries} times; last: {failure.error}"
+                await advance.report(
+                    current, current.attempt, Outcome.FAILED, error=error, source="dispatch"
+                )
+                return
+            delay = max(failure.retry_after or 0.0, backoff_delay(tries, 1.0, 60.0, self.rng))
+            again = current.replace(
+                state=TaskState.PENDING, due_at=advance.now + delay, started_at=None,
+                dispatch_tries=tries,
+            )  # fmt: skip
+            if not await advance.tx.transition_task(again, current.state, current.attempt):
+                return
+            run = await advance.tx.get_run(task.run_id)
+            assert run is not None  # noqa: S101 - a foreign key guarantees it
+            advance.outbox.note(
+                "task_dispatch_failed", advance.now, run.id, task_id=task.id, step=task.step,
+                attempt=task.attempt, error=failure.error, tries=tries, retry_at=again.due_at,
+            )  # fmt: skip
+            advance.outbox.released.append(task.id)
+            advance.outbox.submit.append(
+                Ready(again, run.workflow, self._spec(run).steps[task.step])
+            )
+
+    async def callback(
         self,
-        tx: StoreTx,
-        run: Run,
-        spec: WorkflowSpec,
-        task: Task,
+        task_id: str,
         attempt: int,
+        webhook_id: str,
+        body_hash: str,
         outcome: Outcome,
         output: Any,
         error: str | None,
-        source: str,
-        now: float,
-        outbox: _Outbox,
-    ) -> bool:
-        step = spec.steps[task.step]
-        policy = RetryPolicy(step.max_attempts, step.backoff, step.backoff_max)
-        decision = decide_report(task.state, task.attempt, attempt, outcome, policy, now, self.rng)
-        ids = {"task_id": task.id, "step": task.step}
-        if isinstance(decision, Ignore):
-            outbox.note(
-                "report_ignored",
-                now,
-                run.id,
-                **ids,
-                outcome=outcome,
-                attempt=attempt,
-                source=source,
-                reason=decision.reason,
-            )
-            return False
-        if isinstance(decision, Retry):
-            retried = task.replace(
-                state=TaskState.PENDING,
-                attempt=decision.attempt,
-                due_at=decision.not_before,
-                started_at=None,
-                error=error,
-            )
-            if not await tx.transition_task(retried, task.state, task.attempt):
-                return False
-            outbox.note(
-                "task_attempt_failed",
-                now,
-                run.id,
-                **ids,
-                attempt=task.attempt,
-                outcome=decision.failed_as,
-                error=error,
-                source=source,
-            )
-            outbox.note(
-                "task_retry_scheduled",
-                now,
-                run.id,
-                **ids,
-                attempt=decision.attempt,
-                not_before=decision.not_before,
-            )
-            outbox.released.append(task.id)
-            outbox.submit.append(Ready(retried, run.workflow, step))
-            return True
-        assert isinstance(decision, Settle)  # noqa: S101 - Decision is a closed union
-        finished = task.replace(
-            state=decision.state, finished_at=now, due_at=None, output=output, error=error
-        )
-        if not await tx.transition_task(finished, task.state, task.attempt):
-            return False
-        outbox.note(
-            f"task_{decision.state.value}",
-            now,
-            run.id,
-            **ids,
-            item=task.item_key,
-            attempt=task.attempt,
-            source=source,
-            error=error,
-            duration=_duration(finished),
-        )
-        outbox.released.append(task.id)
-        arrival = Arrival.SUCCEEDED if decision.state is TaskState.SUCCEEDED else Arrival.FAILED
-        await self._arrive(tx, run, spec, task.step, arrival, now, outbox)
-        return True
+    ) -> tuple[Verdict, str]:
+        """Apply a verified callback; the verdict says how to answer the sender, and why."""
+        async with self._advancing() as advance:
+            task = await advance.tx.get_task(task_id)
+            assert task is not None  # noqa: S101 - a callback token names an existing task
+            ids = {"task_id": task.id, "step": task.step, "webhook_id": webhook_id}
+            seen = await advance.tx.get_receipt(task_id, webhook_id)
+            if seen is not None:
+                verdict, reason = (
+                    (Verdict.DUPLICATE, "duplicate received, not applied")
+                    if seen == body_hash
+                    else (Verdict.CONFLICT, "webhook-id reused with a different body")
+                )
+            else:
+                applied = await advance.report(task, attempt, outcome, output, error, "callback")
+                verdict, reason = _verdict(applied, attempt, outcome, output)
+                if verdict in (Verdict.ACCEPTED, Verdict.DUPLICATE):
+                    await advance.tx.insert_receipt(task_id, webhook_id, body_hash, advance.now)
+            kind = "callback_accepted" if verdict is Verdict.ACCEPTED else "callback_rejected"
+            advance.outbox.note(
+                kind, advance.now, task.run_id, **ids, attempt=attempt, verdict=verdict.value,
+                reason=reason,
+            )  # fmt: skip
+        return verdict, reason
 
-    async def _task_timed_out(self, task: Task) -> None:
-        await self.report_result(
-            task.id,
-            task.attempt,
-            HandlerResult(Outcome.TIMED_OUT, error="no result within the step's timeout"),
-            "timer",
-        )
+    async def heartbeat(self, task_id: str, attempt: int) -> tuple[Verdict, str, float | None]:
+        """Extend the deadline of a task awaiting its callback."""
+        async with self._advancing() as advance:
+            task = await advance.tx.get_task(task_id)
+            assert task is not None  # noqa: S101 - a heartbeat token names an existing task
+            if task.state is not TaskState.DISPATCHED or task.attempt != attempt:
+                reason = f"task is {task.state.value} on attempt {task.attempt}"
+                advance.outbox.note(
+                    "heartbeat_rejected", advance.now, task.run_id, task_id=task.id,
+                    step=task.step, attempt=attempt, reason=reason,
+                )  # fmt: skip
+                return Verdict.GONE, reason, None
+            run = await advance.tx.get_run(task.run_id)
+            assert run is not None  # noqa: S101 - a foreign key guarantees it
+            step = self._spec(run).steps[task.step]
+            window = step.heartbeat or step.timeout
+            extended = task.replace(due_at=None if window is None else advance.now + window)
+            if window is not None and await advance.tx.transition_task(
+                extended, task.state, attempt
+            ):
+                advance.outbox.task_deadlines.append(extended)
+            advance.outbox.note(
+                "task_heartbeat", advance.now, task.run_id, task_id=task.id, step=task.step,
+                attempt=attempt, deadline=extended.due_at,
+            )  # fmt: skip
+        return Verdict.ACCEPTED, "deadline extended", extended.due_at
+
+    async def callback_key(self) -> bytes:
+        """The key callback tokens and per-task secrets derive from (loaded once)."""
+        return await self.dispatcher.key()
+
+    async def record(self, entry: HistoryEntry) -> None:
+        """Append one history entry on its own (rejections that change nothing else)."""
+        async with self._advancing() as advance:
+            advance.outbox.history.append(entry)
 
     async def _step_deadline(self, run_id: str, step: str) -> None:
-        now = self.clock()
-        outbox = _Outbox()
-        async with self.store.transaction() as tx:
-            run = await tx.get_run(run_id)
+        async with self._advancing() as advance:
+            run = await advance.tx.get_run(run_id)
             if run is None or run.status is not RunState.RUNNING:
                 return
-            outbox.note("step_deadline_passed", now, run_id, step=step)
-            await self._arrive(tx, run, self._spec(run), step, Arrival.DEADLINE, now, outbox)
-            entries = await tx.append_history(outbox.history)
-        self._after_commit(outbox, entries)
-
-    async def _arrive(
-        self,
-        tx: StoreTx,
-        run: Run,
-        spec: WorkflowSpec,
-        step: str,
-        arrival: Arrival,
-        now: float,
-        outbox: _Outbox,
-    ) -> None:
-        barrier = await tx.get_barrier(run.id, step)
-        if barrier is None:
-            return
-        advanced, effects = barriers.advance(barrier, arrival, now)
-        if Effect.IGNORED in effects:
-            return
-        await tx.save_barrier(advanced, barrier.status)
-        outbox.note(
-            "barrier_advanced",
-            now,
-            run.id,
-            step=step,
-            succeeded=advanced.succeeded,
-            failed=advanced.failed,
-            expected=advanced.expected,
-            required=advanced.required,
-        )
-        await self._apply_barrier_effects(tx, run, spec, advanced, effects, now, outbox)
-
-    async def _apply_barrier_effects(
-        self,
-        tx: StoreTx,
-        run: Run,
-        spec: WorkflowSpec,
-        barrier: Barrier,
-        effects: Iterable[Effect],
-        now: float,
-        outbox: _Outbox,
-    ) -> None:
-        effects = tuple(effects)
-        if Effect.CANCEL_OUTSTANDING in effects:
-            outstanding = await tx.tasks_of_run(run.id, barrier.step)
-            await self._cancel(tx, outstanding, now, f"barrier of {barrier.step} decided", outbox)
-        if barrier.deadline_at is not None and barrier.status is not BarrierStatus.WAITING:
-            outbox.cleared_deadlines.append((run.id, barrier.step))
-        if Effect.OPENED in effects:
-            outbox.note("barrier_opened", now, run.id, step=barrier.step, **_barrier_data(barrier))
-            await self._start_ready_steps(tx, run, spec, now, outbox)
-        if Effect.FAILED in effects:
-            outbox.note("barrier_failed", now, run.id, step=barrier.step, **_barrier_data(barrier))
-            await self._finish_run(tx, run, RunMove.FAIL, now, outbox, reason=barrier.reason)
-
-    async def _cancel(
-        self, tx: StoreTx, tasks: Iterable[Task], now: float, reason: str, outbox: _Outbox
-    ) -> None:
-        for task in tasks:
-            if task.state.finished:
-                continue
-            cancelled = task.replace(
-                state=TaskState.CANCELLED, finished_at=now, due_at=None, error=reason
-            )
-            if await tx.transition_task(cancelled, task.state, task.attempt):
-                outbox.note(
-                    "task_cancelled",
-                    now,
-                    task.run_id,
-                    task_id=task.id,
-                    step=task.step,
-                    reason=reason,
-                )
-                outbox.released.append(task.id)
-
-    async def _finish_run(
-        self,
-        tx: StoreTx,
-        run: Run,
-        move: RunMove,
-        now: float,
-        outbox: _Outbox,
-        reason: str | None = None,
-    ) -> bool:
-        current = await tx.get_run(run.id)
-        if current is None or current.status is not RunState.RUNNING:
-            return False
-        new = next_run_state(current.status, move)
-        if not await tx.set_run_status(run.id, current.status, new, now):
-            return False
-        if new is not RunState.SUCCEEDED:
-            tasks = await tx.tasks_of_run(run.id)
-            await self._cancel(tx, tasks, now, f"run {new.value}", outbox)
-            for pending in await tx.barriers_of_run(run.id):
-                if pending.deadline_at is not None and pending.status is BarrierStatus.WAITING:
-                    outbox.cleared_deadlines.append((run.id, pending.step))
-        outbox.note(f"run_{new.value}", now, run.id, workflow=run.workflow, reason=reason)
-        return True
-
-    # -- starting steps --------------------------------------------------------------------
-
-    async def _start_ready_steps(
-        self, tx: StoreTx, run: Run, spec: WorkflowSpec, now: float, outbox: _Outbox
-    ) -> None:
-        """Create barrier and tasks of every step whose needs are all open (cascading)."""
-        started = {barrier.step: barrier for barrier in await tx.barriers_of_run(run.id)}
-        while True:
-            ready = [
-                name
-                for name, step in spec.steps.items()
-                if name not in started
-                and all(
-                    need in started and started[need].status is BarrierStatus.OPEN
-                    for need in step.needs
-                )
-            ]
-            if not ready:
-                break
-            for name in ready:
-                try:
-                    items = await self._items(tx, run, spec.steps[name])
-                except FanOutError as error:
-                    outbox.note("step_input_invalid", now, run.id, step=name, error=str(error))
-                    await self._finish_run(tx, run, RunMove.FAIL, now, outbox, reason=str(error))
-                    return
-                started[name] = await self._start_step(
-                    tx, run, name, spec.steps[name], items, now, outbox
-                )
-        if len(started) == len(spec.steps) and all(
-            barrier.status is BarrierStatus.OPEN for barrier in started.values()
-        ):
-            await self._finish_run(tx, run, RunMove.COMPLETE, now, outbox)
-
-    async def _start_step(
-        self,
-        tx: StoreTx,
-        run: Run,
-        name: str,
-        step: StepSpec,
-        items: list[tuple[str, Any]],
-        now: float,
-        outbox: _Outbox,
-    ) -> Barrier:
-        deadline_at = None if step.deadline is None else now + step.deadline
-        barrier, effects = barriers.create(
-            run.id, name, len(items), step.policy(), now, deadline_at
-        )
-        await tx.insert_barrier(barrier)
-        tasks = [Task(new_id("tsk", now), run.id, name, key, item) for key, item in items]
-        await tx.insert_tasks(tasks)
-        outbox.note(
-            "step_started", now, run.id, step=name, tasks=len(tasks), required=barrier.required
-        )
-        outbox.submit.extend(Ready(task, run.workflow, step) for task in tasks)
-        if deadline_at is not None and barrier.status is BarrierStatus.WAITING:
-            outbox.deadlines.append(barrier)
-        if Effect.OPENED in effects:
-            outbox.note("barrier_opened", now, run.id, step=name, **_barrier_data(barrier))
-        return barrier
-
-    async def _items(self, tx: StoreTx, run: Run, step: StepSpec) -> list[tuple[str, Any]]:
-        """The (item key, item) pairs a step fans out over; one ("", None) without for_each."""
-        source = step.for_each_source()
-        if source is None:
-            return [("", None)]
-        head, path = source
-        if head == "event":
-            event = await tx.get_event(run.event_id)
-            value: Any = {} if event is None else event.payload
-        else:
-            upstream = await tx.tasks_of_run(run.id, head)
-            succeeded = [task for task in upstream if task.state is TaskState.SUCCEEDED]
-            if len(upstream) == 1 and upstream[0].item_key == "":
-                value = succeeded[0].output if succeeded else None
-            else:
-                value = [task.output for task in succeeded]
-        for key in path:
-            if not isinstance(value, dict) or key not in value:
-                raise FanOutError(f"for_each = {step.for_each!r}: no key {key!r} in {head}")
-            value = value[key]
-        if not isinstance(value, list):
-            raise FanOutError(
-                f"for_each = {step.for_each!r} must be a list, got {type(value).__name__}"
-            )
-        return [(str(index), item) for index, item in enumerate(value)]
+            advance.outbox.note("step_deadline_passed", advance.now, run_id, step=step)
+            await advance.arrive(run, step, Arrival.DEADLINE)
 
     # -- after the commit ------------------------------------------------------------------
 
-    def _after_commit(self, outbox: _Outbox, entries: list[HistoryEntry]) -> None:
+    def _after_commit(self, outbox: Outbox, entries: list[HistoryEntry]) -> None:
         self.bus.publish(entries)
         for run_id, step in outbox.cleared_deadlines:
             self.timers.cancel(step_deadline_key(run_id, step))
         for barrier in outbox.deadlines:
             self._arm_step_deadline(barrier)
+        self.dispatcher.interrupt(outbox.interrupted)
         self.dispatcher.release(outbox.released)
+        for task in outbox.task_deadlines:
+            self.dispatcher.arm_deadline(task)
         self.dispatcher.submit(outbox.submit)
         for entry in entries:
             if entry.type in ("run_succeeded", "run_failed", "run_cancelled"):
@@ -539,49 +399,56 @@ class Engine:
 
     async def cancel_run(self, run_id: str, reason: str = "cancelled by operator") -> bool:
         """Cancel a running run and its unfinished tasks; False if it is not running."""
-        now = self.clock()
-        outbox = _Outbox()
-        async with self.store.transaction() as tx:
-            run = await tx.get_run(run_id)
+        async with self._advancing() as advance:
+            run = await advance.tx.get_run(run_id)
             if run is None:
                 raise LookupError(f"no run {run_id!r}")
-            changed = await self._finish_run(tx, run, RunMove.CANCEL, now, outbox, reason=reason)
-            entries = await tx.append_history(outbox.history)
-        self._after_commit(outbox, entries)
+            changed = await advance.finish_run(run, RunMove.CANCEL, reason=reason)
         return changed
 
     async def recover(self) -> int:
-        """Pick up after a restart: requeue interrupted attempts, re-arm timers, resume dispatch."""
+        """Pick up after a restart: requeue interrupted hand-offs, re-arm every timer.
+
+        A task awaiting its callback keeps waiting (its service has the URL); a task whose
+        handler was still running is dispatched again, same attempt and idempotency key.
+        """
         unfinished = await self.store.unfinished()
-        now = self.clock()
-        outbox = _Outbox()
-        async with self.store.transaction() as tx:
+        held: list[Ready] = []
+        async with self._advancing() as advance:
             runs: dict[str, Run] = {}
             for task in unfinished.tasks:
-                run = runs.get(task.run_id) or await tx.get_run(task.run_id)
+                run = runs.get(task.run_id) or await advance.tx.get_run(task.run_id)
                 assert run is not None  # noqa: S101 - a foreign key guarantees it
                 runs[run.id] = run
+                step = self._spec(run).steps[task.step]
+                if task.state is TaskState.DISPATCHED and task.awaiting:
+                    held.append(Ready(task, run.workflow, step))
+                    continue
                 pending = task
                 if task.state is TaskState.DISPATCHED:
                     pending = task.replace(state=TaskState.PENDING, due_at=None, started_at=None)
-                    if not await tx.transition_task(pending, task.state, task.attempt):
+                    if not await advance.tx.transition_task(pending, task.state, task.attempt):
                         continue
-                    outbox.note(
-                        "task_requeued",
-                        now,
-                        run.id,
-                        task_id=task.id,
-                        step=task.step,
-                        attempt=task.attempt,
-                        reason="the orchestrator restarted while it ran",
-                    )
-                outbox.submit.append(Ready(pending, run.workflow, self._spec(run).steps[task.step]))
-            outbox.deadlines.extend(b for b in unfinished.barriers if b.deadline_at is not None)
-            entries = await tx.append_history(outbox.history)
-        self._after_commit(outbox, entries)
-        if outbox.submit or outbox.deadlines:
-            log.info("recovered", tasks=len(outbox.submit), step_deadlines=len(outbox.deadlines))
-        return len(outbox.submit)
+                    advance.outbox.note(
+                        "task_requeued", advance.now, run.id, task_id=task.id, step=task.step,
+                        attempt=task.attempt, reason="the orchestrator restarted while it ran",
+                    )  # fmt: skip
+                advance.outbox.submit.append(Ready(pending, run.workflow, step))
+            advance.outbox.deadlines.extend(
+                barrier for barrier in unfinished.barriers if barrier.deadline_at is not None
+            )
+            resumed = len(advance.outbox.submit)
+            waiting = len(advance.outbox.deadlines)
+        for item in held:
+            self.dispatcher.hold(item)
+        if resumed or held or waiting:
+            log.info(
+                "recovered",
+                dispatching=resumed,
+                awaiting_callback=len(held),
+                step_deadlines=waiting,
+            )
+        return resumed + len(held)
 
     async def close(self) -> None:
         await self.dispatcher.close()
@@ -589,17 +456,19 @@ class Engine:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _duration(task: Task) -> float | None:
-    if task.started_at is None or task.finished_at is None:
-        return None
-    return round(task.finished_at - task.started_at, 6)
-
-
-def _barrier_data(barrier: Barrier) -> dict[str, Any]:
-    return {
-        "succeeded": barrier.succeeded,
-        "failed": barrier.failed,
-        "expected": barrier.expected,
-        "required": barrier.required,
-        "reason": barrier.reason,
-    }
+def _verdict(applied: Applied, attempt: int, outcome: Outcome, output: Any) -> tuple[Verdict, str]:
+    """How to answer a callback that the task state machine did or did not apply."""
+    if applied.changed:
+        return Verdict.ACCEPTED, "completed the task"
+    task = applied.task
+    assert task is not None  # noqa: S101 - an ignored report carries the task
+    if task.attempt != attempt:
+        return Verdict.GONE, f"attempt {attempt} was replaced by attempt {task.attempt}"
+    if task.state in (TaskState.TIMED_OUT, TaskState.CANCELLED):
+        return Verdict.GONE, f"task already {task.state.value}"
+    same_state = task.state.value == outcome.value
+    if same_state and task.output == output:
+        return Verdict.DUPLICATE, "task already completed with the same result"
+    if task.state.finished:
+        return Verdict.CONFLICT, f"task already {task.state.value} with a different result"
+    return Verdict.CONFLICT, applied.reason or f"task is {task.state.value}"

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import email.utils
 import functools
 import importlib
 import inspect
 import json
+import time
+import types
 import typing
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import pydantic
 import pydantic_core
 
+from orchestrator.durations import parse_duration
+from orchestrator.model import ServiceSpec
 from orchestrator.states import Outcome
+
+T = TypeVar("T")
 
 
 class HandlerImportError(ValueError):
@@ -50,6 +57,31 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitCallback(Generic[T]):
+    """What a handler returns once it handed its work to an external service.
+
+    The task stays dispatched, costing nothing, until the service POSTs to the callback
+    URL, a heartbeat stops arriving, or the timeout passes. Annotate the handler as
+    `-> AwaitCallback[Model]` and the callback's output is validated against `Model`.
+    """
+
+    timeout: float | None = None
+    heartbeat: float | None = None
+
+
+class DispatchError(Exception):
+    """The hand-off did not reach the service (connection error, 5xx, 429).
+
+    The same attempt is dispatched again later from the timer heap, honouring Retry-After;
+    it does not use up one of the step's retries.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
 class Context:
     """What a handler knows about its invocation; the first argument of every handler."""
 
@@ -62,11 +94,74 @@ class Context:
     upstream: Mapping[str, Upstream]
     http: httpx.AsyncClient
     log: Any
+    callback_url: str = ""
+    callback_secret: str = ""
+    service: ServiceSpec | None = None
 
     @property
     def idempotency_key(self) -> str:
         """Stable across re-dispatches of one attempt: pass it on to external services."""
         return f"{self.task_id}:{self.attempt}"
+
+    def await_callback(
+        self, timeout: float | str | None = None, heartbeat: float | str | None = None
+    ) -> AwaitCallback[Any]:
+        """Return this from the handler: the task completes when the service calls back."""
+        return AwaitCallback(
+            None if timeout is None else parse_duration(timeout),
+            None if heartbeat is None else parse_duration(heartbeat),
+        )
+
+    async def dispatch(
+        self, url: str | None = None, *, method: str = "POST", **kwargs: Any
+    ) -> httpx.Response:
+        """Hand work to an external service (default: the step's service URL).
+
+        Sends `Idempotency-Key: <task id>:<attempt>` and follows no redirect. A connection
+        error, 5xx or 429 raises DispatchError (retried later, same attempt); a 3xx or
+        another 4xx raises HandoffRefused, which fails the attempt.
+        """
+        target = url or (self.service.url if self.service else None)
+        if not target:
+            raise HandoffRefused("no URL: pass one, or give the step a service with a url")
+        headers = {"Idempotency-Key": self.idempotency_key, **kwargs.pop("headers", {})}
+        try:
+            response = await self.http.request(method, target, headers=headers, **kwargs)
+        except httpx.TransportError as error:
+            raise DispatchError(f"{method} {target}: {type(error).__name__}: {error}") from None
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise DispatchError(
+                f"{method} {target} answered {status}", retry_after_seconds(response)
+            )
+        if status >= 300:
+            detail = (
+                f" to {response.headers['location']}"
+                if 300 <= status < 400 and "location" in response.headers
+                else ""
+            )
+            raise HandoffRefused(
+                f"{method} {target} answered {status}{detail} (redirects are not followed)"
+            )
+        return response
+
+
+class HandoffRefused(Exception):
+    """The service refused the hand-off for good (a 3xx or a 4xx other than 429)."""
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), if any."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +169,25 @@ class HandlerResult:
     outcome: Outcome
     output: Any = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """The handler handed its work off and returned AwaitCallback."""
+
+    timeout: float | None
+    heartbeat: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Redispatch:
+    """The hand-off did not get through; dispatch the same attempt again later."""
+
+    error: str
+    retry_after: float | None
+
+
+Invocation = HandlerResult | Handoff | Redispatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +199,20 @@ class Handler:
     is_async: bool
     output_type: Any = None
     output_adapter: pydantic.TypeAdapter[Any] | None = None
+    callback_adapter: pydantic.TypeAdapter[Any] | None = None
+
+    def check_callback_output(self, value: Any) -> Any:
+        """A callback's output as JSON-ready data, checked against AwaitCallback[Model]."""
+        if self.callback_adapter is None:
+            return value
+        try:
+            return self.callback_adapter.dump_python(
+                self.callback_adapter.validate_python(value), mode="json"
+            )
+        except pydantic.ValidationError as error:
+            raise ValueError(
+                f"output does not match the declared callback output: {error}"
+            ) from None
 
     def check_output(self, value: Any) -> Any:
         """The output as JSON-ready data; ValueError says why it is not acceptable."""
@@ -118,30 +246,45 @@ def load_handler(path: str) -> Handler:
     function = getattr(module, attribute, None)
     if function is None or not callable(function):
         raise HandlerImportError(f"module {module_name!r} has no callable {attribute!r}")
-    output_type = _declared_output(function)
+    output_type, callback_type = _declared_outputs(function)
     return Handler(
         path=path,
         function=function,
         is_async=inspect.iscoroutinefunction(function),
         output_type=output_type,
         output_adapter=None if output_type is None else pydantic.TypeAdapter(output_type),
+        callback_adapter=None if callback_type is None else pydantic.TypeAdapter(callback_type),
     )
 
 
-def _declared_output(function: Callable[..., Any]) -> Any:
+def _declared_outputs(function: Callable[..., Any]) -> tuple[Any, Any]:
+    """(local output type, callback output type) from the return annotation; None = unchecked.
+
+    `-> Model` checks a returned value; `-> AwaitCallback[Model]` checks the callback's
+    output; `-> Model | AwaitCallback[Other]` checks both.
+    """
     try:
-        hints = typing.get_type_hints(function)
-    except Exception:
-        return None
-    declared = hints.get("return")
-    if declared in (None, type(None), Any):
-        return None
-    return declared
+        declared = typing.get_type_hints(function).get("return")
+    except Exception:  # unresolvable annotations simply declare nothing
+        return None, None
+    members = typing.get_args(declared) if _is_union(declared) else (declared,)
+    awaited = [m for m in members if m is AwaitCallback or typing.get_origin(m) is AwaitCallback]
+    local = [m for m in members if m not in awaited and m not in (None, type(None), Any)]
+    callback_args = typing.get_args(awaited[0]) if awaited else ()
+    callback_type = callback_args[0] if callback_args and callback_args[0] is not Any else None
+    if not local:
+        return None, callback_type
+    local_type = local[0] if len(local) == 1 else typing.Union[tuple(local)]  # noqa: UP007 - built at run time
+    return local_type, callback_type
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
 async def invoke(
     handler: Handler, ctx: Context, item: Any, fan_out: bool, executor: Executor
-) -> HandlerResult:
+) -> Invocation:
     """Call the handler (sync ones in a worker thread) and turn what happens into a result."""
     args = (ctx, item) if fan_out else (ctx,)
     try:
@@ -150,9 +293,13 @@ async def invoke(
         else:
             call = functools.partial(contextvars.copy_context().run, handler.function, *args)
             value = await asyncio.get_running_loop().run_in_executor(executor, call)
+        if isinstance(value, AwaitCallback):
+            return Handoff(value.timeout, value.heartbeat)
         output = handler.check_output(value)
     except asyncio.CancelledError:
         raise
+    except DispatchError as error:
+        return Redispatch(str(error), error.retry_after)
     except Exception as error:
         return HandlerResult(Outcome.FAILED, error=f"{type(error).__name__}: {error}")
     return HandlerResult(Outcome.SUCCEEDED, output=output)

@@ -65,6 +65,12 @@ class Admission(Generic[T]):
         self._drop_idle_lanes()
         return admitted, wake_at
 
+    def take_one(self, lane: Hashable, item_id: str, now: float) -> None:
+        """Admit one queued item now, whatever the limits (it is already in flight)."""
+        state = self._lanes[lane]
+        state.waiting = deque(entry for entry in state.waiting if entry[0] != item_id)
+        self._admit(lane, state, item_id, now)
+
     def release(self, item_id: str) -> bool:
         """Free the slots of an admitted item; False if it holds none (already released)."""
         key = self._admitted.pop(item_id, None)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import os
 import re
 from fractions import Fraction
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
 from orchestrator.durations import Duration, parse_duration
 
@@ -102,6 +105,12 @@ class StepSpec(Spec):
     on_failure: Literal["fail_fast", "collect"] = "fail_fast"
     deadline: Duration | None = None
     on_deadline: Literal["fail", "proceed"] = "fail"
+    service: str | None = Field(
+        default=None, description="whose secrets sign this step's callbacks"
+    )
+    heartbeat: Duration | None = Field(
+        default=None, description="a task awaiting a callback times out when heartbeats stop"
+    )
 
     @model_validator(mode="after")
     def _check_quorum(self) -> Self:
@@ -192,6 +201,51 @@ def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str]:
                 on_path.discard(node)
                 path.pop()
     return []
+
+
+def _resolve_secret(value: object) -> object:
+    """`env:NAME` reads the secret from the environment, so config files hold no secrets."""
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value.removeprefix("env:")
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        value = os.environ[name]
+    if isinstance(value, str):
+        try:
+            base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(
+                "a webhook secret must be base64, optionally prefixed whsec_"
+            ) from None
+    return value
+
+
+WebhookSecret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
+
+
+class ServiceSpec(Spec):
+    """An external service: where to reach it and the secrets its callbacks are signed with.
+
+    `secret` takes one secret, `secrets` several (during a rotation, old and new); either may
+    be written `env:NAME` to read it from the environment.
+    """
+
+    url: str | None = None
+    description: str = ""
+    secrets: tuple[WebhookSecret, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "secret" in data:
+            data = dict(data)
+            if "secrets" in data:
+                raise ValueError("set either secret or secrets, not both")
+            data["secrets"] = [data.pop("secret")]
+        return data
+
+    def secret_values(self) -> list[str]:
+        return [secret.get_secret_value() for secret in self.secrets]
 
 
 class TriggerSpec(Spec):

@@ -41,7 +41,9 @@ class Task:
     """One handler invocation of one step for one item; `attempt` counts from 1.
 
     `due_at` is the not-before time of a pending task (retry backoff) or the deadline of a
-    dispatched one; a timer-heap entry mirrors it.
+    dispatched one; a timer-heap entry mirrors it. `awaiting` marks a dispatched task that
+    was handed off to an external service and waits for its callback; `dispatch_tries`
+    counts failed hand-offs of the current attempt.
     """
 
     id: str
@@ -56,6 +58,8 @@ class Task:
     finished_at: float | None = None
     output: Any = None
     error: str | None = None
+    awaiting: bool = False
+    dispatch_tries: int = 0
 
     def replace(self, **changes: Any) -> Self:
         return replace(self, **changes)

@@ -16,8 +16,9 @@ from typing import Any, Literal, Self
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from orchestrator.durations import Duration
 from orchestrator.invoke import HandlerImportError, load_handler
-from orchestrator.model import NAME_PATTERN, TriggerSpec, WorkflowSpec
+from orchestrator.model import NAME_PATTERN, ServiceSpec, TriggerSpec, WorkflowSpec
 
 ENV_PREFIX = "ORCHESTRATOR_"
 DEFAULT_CONFIG = Path("config/orchestrator.toml")
@@ -37,7 +38,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     database_url: str = "sqlite:///orchestrator.db"
-    public_url: str = "http://127.0.0.1:8000"
+    public_url: str | None = Field(
+        default=None,
+        description="how external services reach this server; default: the address it binds",
+    )
+    callback_key: SecretStr | None = Field(
+        default=None,
+        description="key callback tokens derive from; default: one made and kept in the store",
+    )
+    body_limit: int = Field(
+        default=1024 * 1024, ge=1024, description="largest accepted body, bytes"
+    )
+    signature_tolerance: Duration = Field(default=300.0, description="accepted webhook clock skew")
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token(s) for /admin; several, comma-separated, rotate"
     )
@@ -47,6 +59,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     handler_threads: int = Field(default=32, ge=1, description="worker threads for sync handlers")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    services: dict[str, ServiceSpec] = Field(default_factory=dict)
     workflows: dict[str, WorkflowSpec] = Field(default_factory=dict)
     triggers: dict[str, TriggerSpec] = Field(default_factory=dict)
 
@@ -64,7 +77,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_names(self) -> Self:
-        for kind, names in (("workflow", self.workflows), ("trigger", self.triggers)):
+        kinds = (
+            ("workflow", self.workflows),
+            ("trigger", self.triggers),
+            ("service", self.services),
+        )
+        for kind, names in kinds:
             for name in names:
                 if not re.match(NAME_PATTERN, name):
                     raise ValueError(f"{kind} name {name!r} must be letters, digits, _ or -")
@@ -74,6 +92,14 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"triggers.{name}.workflow: unknown workflow {trigger.workflow!r} (workflows: {known})"
                 )
+        for workflow_name, workflow in self.workflows.items():
+            for step_name, step in workflow.steps.items():
+                if step.service is not None and step.service not in self.services:
+                    known = ", ".join(sorted(self.services)) or "none"
+                    raise ValueError(
+                        f"workflows.{workflow_name}.steps.{step_name}.service: unknown service "
+                        f"{step.service!r} (services: {known})"
+                    )
         return self
 
     def admin_tokens(self) -> list[str]:

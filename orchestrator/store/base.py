@@ -78,6 +78,16 @@ class StoreTx(Protocol):
     ) -> bool:
         """Write `task` if the stored one is still in `expected_state` at `expected_attempt`."""
 
+    async def insert_callback_tokens(self, tokens: Sequence[tuple[str, str, int]]) -> None:
+        """Record (token hash, task id, attempt) rows; an existing hash is left as it is."""
+
+    async def get_receipt(self, task_id: str, webhook_id: str) -> str | None:
+        """The body hash of the callback accepted for this task under `webhook_id`, if any."""
+
+    async def insert_receipt(
+        self, task_id: str, webhook_id: str, body_hash: str, at: float
+    ) -> None: ...
+
     async def append_history(self, entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
         """Append entries; returns them with their store-assigned increasing ids."""
 
@@ -107,6 +117,8 @@ class Store(Protocol):
 
     async def tasks_of_run(self, run_id: str) -> list[Task]: ...
 
+    async def get_task(self, task_id: str) -> Task | None: ...
+
     async def barriers_of_run(self, run_id: str) -> list[Barrier]: ...
 
     async def get_event(self, event_id: str) -> Event | None: ...
@@ -120,5 +132,11 @@ class Store(Protocol):
         limit: int = 100,
     ) -> list[HistoryEntry]:
         """History entries with id > `after`, oldest first."""
+
+    async def lookup_token(self, token_hash: str) -> tuple[str, int] | None:
+        """(task id, attempt) a callback token was issued for, by the token's hash."""
+
+    async def server_key(self) -> bytes:
+        """The key callback tokens are derived from, made once and kept in the store."""
 
     async def unfinished(self) -> Unfinished: ...

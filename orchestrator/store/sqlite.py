@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -88,6 +89,24 @@ MIGRATIONS: list[str] = [
     CREATE INDEX history_by_run ON history (run_id, id);
     CREATE INDEX history_by_type ON history (type, id);
     """,
+    # 2: completion callbacks - tokens per attempt, receipts per webhook-id, a server key.
+    """
+    ALTER TABLE tasks ADD COLUMN awaiting INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN dispatch_tries INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE callback_tokens (
+        token_hash TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL REFERENCES tasks (id),
+        attempt INTEGER NOT NULL
+    );
+    CREATE TABLE callback_receipts (
+        task_id TEXT NOT NULL REFERENCES tasks (id),
+        webhook_id TEXT NOT NULL,
+        body_hash TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (task_id, webhook_id)
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 ]
 
 SELECT_EVENT = "SELECT * FROM events WHERE id = ?"
@@ -116,17 +135,28 @@ UPDATE_BARRIER = """
 """
 INSERT_TASK = """
     INSERT INTO tasks (id, run_id, step, item_key, item, state, attempt, due_at, started_at,
-                       finished_at, output, error)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       finished_at, output, error, awaiting, dispatch_tries)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 SELECT_TASK = "SELECT * FROM tasks WHERE id = ?"
 SELECT_TASKS_OF_RUN = "SELECT * FROM tasks WHERE run_id = ? ORDER BY rowid"
 SELECT_TASKS_OF_STEP = "SELECT * FROM tasks WHERE run_id = ? AND step = ? ORDER BY rowid"
 UPDATE_TASK = """
     UPDATE tasks SET state = ?, attempt = ?, due_at = ?, started_at = ?, finished_at = ?,
-                     output = ?, error = ?
+                     output = ?, error = ?, awaiting = ?, dispatch_tries = ?
     WHERE id = ? AND state = ? AND attempt = ?
 """
+INSERT_CAPABILITY = """
+    INSERT INTO callback_tokens (token_hash, task_id, attempt) VALUES (?, ?, ?)
+    ON CONFLICT (token_hash) DO NOTHING
+"""
+SELECT_CAPABILITY = "SELECT task_id, attempt FROM callback_tokens WHERE token_hash = ?"
+SELECT_RECEIPT = "SELECT body_hash FROM callback_receipts WHERE task_id = ? AND webhook_id = ?"
+INSERT_RECEIPT = """
+    INSERT INTO callback_receipts (task_id, webhook_id, body_hash, received_at) VALUES (?, ?, ?, ?)
+"""
+SELECT_META = "SELECT value FROM meta WHERE key = ?"
+INSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
 INSERT_HISTORY = """
     INSERT INTO history (at, type, run_id, task_id, step, data) VALUES (?, ?, ?, ?, ?, ?)
     RETURNING id
@@ -203,6 +233,8 @@ def task_from_row(row: sqlite3.Row) -> Task:
         finished_at=row["finished_at"],
         output=_loads_or_none(row["output"]),
         error=row["error"],
+        awaiting=bool(row["awaiting"]),
+        dispatch_tries=row["dispatch_tries"],
     )
 
 
@@ -228,6 +260,8 @@ def _task_params(task: Task) -> tuple[Any, ...]:
         task.finished_at,
         output,
         task.error,
+        int(task.awaiting),
+        task.dispatch_tries,
     )
 
 
@@ -364,6 +398,22 @@ class SqliteTx:
         params = (*_task_params(task), task.id, expected_state.value, expected_attempt)
         return await self._changed(UPDATE_TASK, params)
 
+    async def insert_callback_tokens(self, tokens: Sequence[tuple[str, str, int]]) -> None:
+        await self._db.executemany(INSERT_CAPABILITY, tokens)
+
+    async def insert_meta(self, key: str, value: str) -> None:
+        """Set `key` unless it is already set (first writer wins across replicas)."""
+        await self._db.execute(INSERT_META, (key, value))
+
+    async def get_receipt(self, task_id: str, webhook_id: str) -> str | None:
+        row = await self._one(SELECT_RECEIPT, (task_id, webhook_id))
+        return None if row is None else str(row[0])
+
+    async def insert_receipt(
+        self, task_id: str, webhook_id: str, body_hash: str, at: float
+    ) -> None:
+        await self._db.execute(INSERT_RECEIPT, (task_id, webhook_id, body_hash, at))
+
     async def append_history(self, entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
         stored = []
         for entry in entries:
@@ -471,11 +521,14 @@ class SqliteStore:
                 raise StoreUnavailable(str(error)) from error
             try:
                 yield SqliteTx(db)
+                await db.execute("COMMIT")
+            except sqlite3.OperationalError as error:
+                # Locked or busy: a temporary problem that callers answer with 503.
+                await db.execute("ROLLBACK")
+                raise StoreUnavailable(str(error)) from error
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise
-            else:
-                await db.execute("COMMIT")
 
     async def _rows(self, sql: str, params: Sequence[Any]) -> Iterable[sqlite3.Row]:
         return await self.reader.execute_fetchall(sql, params)
@@ -520,6 +573,10 @@ class SqliteStore:
             barrier_from_row(row) for row in await self._rows(SELECT_BARRIERS_OF_RUN, (run_id,))
         ]
 
+    async def get_task(self, task_id: str) -> Task | None:
+        rows = list(await self._rows(SELECT_TASK, (task_id,)))
+        return task_from_row(rows[0]) if rows else None
+
     async def history(
         self,
         *,
@@ -537,6 +594,18 @@ class SqliteStore:
             params.append(type)
         sql = f"SELECT * FROM history WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"  # noqa: S608 - clauses are fixed strings
         return [history_from_row(row) for row in await self._rows(sql, [*params, limit])]
+
+    async def lookup_token(self, token_hash: str) -> tuple[str, int] | None:
+        rows = list(await self._rows(SELECT_CAPABILITY, (token_hash,)))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def server_key(self) -> bytes:
+        rows = list(await self._rows(SELECT_META, ("server_key",)))
+        if not rows:
+            async with self.transaction() as tx:
+                await tx.insert_meta("server_key", secrets.token_hex(32))
+            rows = list(await self._rows(SELECT_META, ("server_key",)))
+        return bytes.fromhex(rows[0][0])
 
     async def unfinished(self) -> Unfinished:
         tasks = [task_from_row(row) for row in await self._rows(SELECT_UNFINISHED_TASKS, ())]

@@ -10,11 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import REPO, TOKEN, Orchestrator
+from tests.e2e.conftest import REPO, TOKEN, Orchestrator, bound_socket
 
 pytestmark = pytest.mark.e2e
 
 DEMO_CONFIG = REPO / "config" / "orchestrator.toml"
+SIDECAR = "research=handlers.fake_research:create_app"
+
+
+def demo_config(tmp_path: Path) -> Path:
+    """The shipped config with the simulated research service moved to a free port."""
+    with bound_socket() as sock:
+        port = sock.getsockname()[1]
+    text = DEMO_CONFIG.read_text().replace("127.0.0.1:8001", f"127.0.0.1:{port}")
+    assert str(port) in text
+    config = tmp_path / "demo.toml"
+    config.write_text(text)
+    return config
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -72,11 +84,11 @@ async def test_serve_refuses_a_public_address_without_an_admin_token(tmp_path: P
 
 
 async def test_demo_morning_run_prints_progress_and_a_summary(
-    orchestrators: Callable[..., Orchestrator],
+    tmp_path: Path, orchestrators: Callable[..., Orchestrator]
 ) -> None:
-    """`serve --fire morning` (what `make run` does) runs the demo and prints its summary."""
-    server = orchestrators(DEMO_CONFIG, OUTREACH_DELAY_SCALE="0.01")
-    await server.start("--fire", "morning", "--progress")
+    """What `make run` does: the demo goes through the simulated service's signed callbacks."""
+    server = orchestrators(demo_config(tmp_path), OUTREACH_DELAY_SCALE="0.01")
+    await server.start("--fire", "morning", "--progress", "--sidecar", SIDECAR)
     headline = await server.printed("■ morning_outreach")
     assert headline.endswith("succeeded")
     await server.printed("critical path")
@@ -85,14 +97,19 @@ async def test_demo_morning_run_prints_progress_and_a_summary(
     assert "draft: 10 task(s) started at once" in text
     assert "speedup" in text
     assert "admin API" in text
+    async with server.client() as client:
+        accepted = await client.history(after=0)
+    assert sum(entry.type == "callback_accepted" for entry in accepted) == 30
+    assert sum(entry.type == "task_awaiting_callback" for entry in accepted) == 30
     assert await server.stop(), "the server shuts down cleanly on SIGTERM"
 
 
 async def test_fire_wait_follows_a_run_on_a_running_server(
-    orchestrators: Callable[..., Orchestrator],
+    tmp_path: Path, orchestrators: Callable[..., Orchestrator]
 ) -> None:
     """`orchestrator fire NAME --wait` fires over HTTP, streams progress and exits 0."""
-    server = await orchestrators(DEMO_CONFIG, OUTREACH_DELAY_SCALE="0").start("--no-progress")
+    server = orchestrators(demo_config(tmp_path), OUTREACH_DELAY_SCALE="0")
+    await server.start("--no-progress", "--sidecar", SIDECAR)
     code, out, err = await run_cli(
         "fire", "morning", "--url", server.url, "--wait", env={"ORCHESTRATOR_ADMIN_TOKEN": TOKEN}
     )

@@ -1,0 +1,162 @@
+"""POST /callbacks/{token}: external services complete their task, signed; heartbeats extend it.
+
+Order of checks: the token (404), the body size while reading (413), the signature against
+the step's service secrets and the attempt's own secret (401), the JSON shape (400/422),
+the declared output model (422); then the engine's one completion path decides (200
+accepted or duplicate, 409 conflict, 410 gone). Every rejection is recorded in history with
+its reason and changes nothing else. Secrets never appear in answers, logs or history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from orchestrator.engine import Engine, Verdict
+from orchestrator.http import HttpError, parse_json_object, read_body
+from orchestrator.invoke import HandlerImportError
+from orchestrator.records import HistoryEntry, Task
+from orchestrator.signing import SignatureError, verify
+from orchestrator.states import Outcome
+from orchestrator.tokens import task_secret, token_hash
+
+VERDICT_STATUS = {
+    Verdict.ACCEPTED: 200,
+    Verdict.DUPLICATE: 200,
+    Verdict.CONFLICT: 409,
+    Verdict.GONE: 410,
+}
+
+
+class CallbackBody(pydantic.BaseModel):
+    """What a service POSTs when its work is done."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    status: Literal["succeeded", "failed"]
+    output: Any = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackLimits:
+    body_limit: int
+    tolerance: float
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+async def _reject(
+    engine: Engine, task: Task | None, error: HttpError, kind: str = "callback_rejected"
+) -> HttpError:
+    """Record a rejection in history, then hand back the error to raise."""
+    data = {"status": error.status, "error": error.error, "reason": error.detail}
+    run_id = task.run_id if task else None
+    entry = HistoryEntry(
+        kind, engine.clock(), run_id, task.id if task else None, task.step if task else None, data
+    )
+    await engine.record(entry)
+    return error
+
+
+async def _authenticated(
+    request: Request, kind: str
+) -> tuple[Engine, Task, dict[str, Any], int, bytes, str]:
+    """The task, its step's spec and the attempt behind the token, the raw body, and the
+    verified webhook-id."""
+    engine = _engine(request)
+    limits: CallbackLimits = request.app.state.callback_limits
+    found = await engine.store.lookup_token(token_hash(request.path_params["token"]))
+    if found is None:
+        raise await _reject(
+            engine, None, HttpError(404, "unknown_token", "no task has this callback token"), kind
+        )
+    task_id, attempt = found
+    task = await engine.store.get_task(task_id)
+    assert task is not None  # noqa: S101 - a foreign key guarantees it
+    run = await engine.store.get_run(task.run_id)
+    assert run is not None  # noqa: S101 - a foreign key guarantees it
+    step: dict[str, Any] = run.spec["steps"][task.step]
+    try:
+        body = await read_body(request, limits.body_limit)
+    except HttpError as error:
+        raise await _reject(engine, task, error, kind) from None
+    service = engine.services.get(step.get("service") or "")
+    accepted = [
+        *(service.secret_values() if service else []),
+        task_secret(await engine.callback_key(), task.id, attempt),
+    ]
+    try:
+        verified = verify(accepted, request.headers, body, engine.clock(), limits.tolerance)
+    except SignatureError as error:
+        raise await _reject(
+            engine, task, HttpError(401, "bad_signature", str(error)), kind
+        ) from None
+    return engine, task, step, attempt, body, verified.message_id
+
+
+async def complete(request: Request) -> Response:
+    """A signed completion of one task attempt."""
+    engine, task, step, attempt, body, webhook_id = await _authenticated(
+        request, "callback_rejected"
+    )
+    try:
+        parsed = CallbackBody.model_validate(parse_json_object(body))
+        output = _checked_output(engine, step["handler"], parsed)
+    except HttpError as error:
+        raise await _reject(engine, task, error) from None
+    except pydantic.ValidationError as error:
+        problem = HttpError(422, "invalid_callback", _first_problem(error))
+        raise await _reject(engine, task, problem) from None
+    verdict, reason = await engine.callback(
+        task.id, attempt, webhook_id, hashlib.sha256(body).hexdigest(),
+        Outcome(parsed.status), output, parsed.error,
+    )  # fmt: skip
+    status = VERDICT_STATUS[verdict]
+    if status >= 400:
+        return JSONResponse({"error": verdict.value, "detail": reason}, status_code=status)
+    return JSONResponse({"status": verdict.value, "detail": reason}, status_code=status)
+
+
+def _checked_output(engine: Engine, handler_path: str, parsed: CallbackBody) -> Any:
+    """The output, checked against the handler's `AwaitCallback[Model]` if it declares one."""
+    if parsed.status != "succeeded":
+        return parsed.output
+    try:
+        handler = engine.dispatcher.handler(handler_path)
+    except HandlerImportError:
+        return parsed.output
+    try:
+        return handler.check_callback_output(parsed.output)
+    except ValueError as error:
+        raise HttpError(422, "invalid_output", str(error)) from None
+
+
+def _first_problem(error: pydantic.ValidationError) -> str:
+    problem = error.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"]) or "body"
+    return f"{where}: {problem['msg']} (expected {{'status': 'succeeded' or 'failed', 'output': ..., 'error': ...}})"
+
+
+async def heartbeat(request: Request) -> Response:
+    """A signed sign of life: pushes the deadline of a task awaiting its callback."""
+    engine, task, _, attempt, _, _ = await _authenticated(request, "heartbeat_rejected")
+    verdict, reason, deadline = await engine.heartbeat(task.id, attempt)
+    if verdict is not Verdict.ACCEPTED:
+        return JSONResponse({"error": verdict.value, "detail": reason}, status_code=410)
+    return JSONResponse({"status": "accepted", "deadline": deadline})
+
+
+routes = [
+    Route("/{token}", complete, methods=["POST"]),
+    Route("/{token}/heartbeat", heartbeat, methods=["POST"]),
+]

@@ -1,0 +1,114 @@
+"""Running the server process: the listening socket, uvicorn, and sidecar apps beside it.
+
+The socket is bound before uvicorn starts, so `--port 0` works and the real address is
+known (and logged in `server_ready`) before the first request. A sidecar is another ASGI
+app served in the same process at the address of a configured service: how the demo runs
+its simulated research service, and handy for local development.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import uvicorn
+
+from orchestrator.settings import ConfigError, Settings
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening socket: clients may connect before uvicorn accepts."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ConfigError(
+            [f"cannot listen on {host}:{port}: {error.strerror} (pick another --port)"]
+        ) from None
+    sock.listen(2048)
+    return sock
+
+
+@dataclass(frozen=True, slots=True)
+class Sidecar:
+    service: str
+    app: Any
+    sock: socket.socket
+
+    @property
+    def url(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+
+def sidecar(spec: str, settings: Settings) -> Sidecar:
+    """`SERVICE=module:factory`: the app the factory makes, at the service's configured URL."""
+    service, _, target = spec.partition("=")
+    module_name, _, factory_name = target.partition(":")
+    known = settings.services.get(service)
+    if known is None or not known.url or not factory_name:
+        raise ConfigError(
+            [f"--sidecar {spec!r}: expected SERVICE=module:factory, SERVICE a service with a url"]
+        )
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError([f"--sidecar {spec!r}: cannot load {target}: {error}"]) from None
+    address = urlsplit(known.url)
+    if address.hostname is None or address.port is None:
+        raise ConfigError([f"services.{service}.url: a sidecar needs a host and port in the URL"])
+    return Sidecar(service, factory(), listening_socket(address.hostname, address.port))
+
+
+class MainServer(uvicorn.Server):
+    """uvicorn's server, calling `on_ready` once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            await self._on_ready()
+
+
+class SidecarServer(uvicorn.Server):
+    """A server that leaves signals to the main server, which stops it when it stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def uvicorn_config(app: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=3
+    )
+
+
+def run(main: MainServer, sock: socket.socket, sidecars: list[Sidecar]) -> None:
+    """Serve until a signal stops the main server; sidecars stop with it."""
+
+    async def serve() -> None:
+        side = [SidecarServer(uvicorn_config(car.app)) for car in sidecars]
+        running = [
+            asyncio.ensure_future(server.serve(sockets=[car.sock]))
+            for server, car in zip(side, sidecars, strict=True)
+        ]
+        try:
+            await main.serve(sockets=[sock])
+        finally:
+            for server in side:
+                server.should_exit = True
+            await asyncio.gather(*running, return_exceptions=True)
+
+    asyncio.run(serve())

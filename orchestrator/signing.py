@@ -1,0 +1,107 @@
+"""Standard Webhooks signatures: sign and verify, pure functions with the clock passed in.
+
+The scheme (https://www.standardwebhooks.com): headers `webhook-id`, `webhook-timestamp`
+(Unix seconds) and `webhook-signature`, a space-separated list of `v1,<base64 HMAC-SHA256>`
+over `{id}.{timestamp}.{raw body}`, keyed with the base64 secret after its `whsec_` prefix.
+Several signatures (and several accepted secrets) let a secret rotate without downtime.
+
+A service written in Python signs its callback like this:
+
+    from orchestrator.signing import sign_headers
+    headers = sign_headers(secret, body)          # body: the exact bytes you POST
+    httpx.post(callback_url, content=body, headers={**headers, "content-type": "application/json"})
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets as random_secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the scheme's prefix, not a secret
+DEFAULT_TOLERANCE = 300.0
+
+
+class SignatureError(ValueError):
+    """Why a request's signature is not accepted; the message is safe to show the sender."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    message_id: str
+    timestamp: int
+
+
+def new_secret() -> str:
+    """A fresh `whsec_` secret with 256 random bits."""
+    return SECRET_PREFIX + base64.b64encode(random_secrets.token_bytes(32)).decode()
+
+
+def secret_from_key(key: bytes) -> str:
+    """A `whsec_` secret whose key bytes are `key` (for per-task secrets derived elsewhere)."""
+    return SECRET_PREFIX + base64.b64encode(key).decode()
+
+
+def _key(secret: str) -> bytes:
+    try:
+        return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a webhook secret must be base64, optionally prefixed whsec_") from None
+
+
+def signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The `v1,<base64>` signature of one message."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def sign_headers(
+    secret: str, body: bytes, message_id: str | None = None, timestamp: int | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for POSTing `body` (exact bytes) signed with `secret`."""
+    message_id = message_id or "msg_" + random_secrets.token_hex(12)
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature(secret, message_id, timestamp, body),
+    }
+
+
+def verify(
+    accepted: Sequence[str],
+    headers: Mapping[str, str],
+    body: bytes,
+    now: float,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Verified:
+    """Check the signature headers against every accepted secret; SignatureError says why not.
+
+    The raw body bytes are verified, never re-serialized JSON; comparison is constant-time.
+    A malformed header is a SignatureError like any other, never a crash.
+    """
+    message_id = headers.get("webhook-id")
+    stamp = headers.get("webhook-timestamp")
+    signatures = headers.get("webhook-signature")
+    if not message_id or not stamp or not signatures:
+        raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature header")
+    if not stamp.isdigit():
+        raise SignatureError("webhook-timestamp must be Unix seconds")
+    timestamp = int(stamp)
+    if abs(now - timestamp) > tolerance:
+        raise SignatureError(f"webhook-timestamp is more than {int(tolerance)} s from now")
+    presented = [part.removeprefix("v1,") for part in signatures.split() if part.startswith("v1,")]
+    if not presented:
+        raise SignatureError("webhook-signature has no v1 signature")
+    for secret in accepted:
+        expected = signature(secret, message_id, timestamp, body).removeprefix("v1,")
+        for candidate in presented:
+            if hmac.compare_digest(expected.encode(), candidate.encode()):
+                return Verified(message_id, timestamp)
+    raise SignatureError("no signature matches")
