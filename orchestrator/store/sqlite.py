@@ -458,9 +458,13 @@ class SqliteStore:
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect()
-        await self._writer.execute("PRAGMA journal_mode = WAL")
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
+        try:
+            await self._writer.execute("PRAGMA journal_mode = WAL")
+            await self._migrate(self._writer)
+            self._reader = await self._connect()
+        except BaseException:
+            await self.close()
+            raise
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
@@ -560,6 +564,7 @@ class SqliteStore:
             clauses.append("id < ?")
             params.append(cursor)
         sql = f"SELECT * FROM runs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"  # noqa: S608 - clauses are fixed strings
+        limit = max(1, limit)
         rows = list(await self._rows(sql, [*params, limit + 1]))
         runs = [run_from_row(row) for row in rows[:limit]]
         next_cursor = runs[-1].id if len(rows) > limit else None
