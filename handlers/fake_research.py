@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from orchestrator.outgoing import http_client
 from orchestrator.signing import sign_headers
 
 
@@ -50,6 +51,7 @@ class FakeResearch:
     jobs: dict[str, Job] = field(default_factory=dict)
     delivered: dict[str, int] = field(default_factory=dict)
     on_delivered: Callable[[str, int], None] | None = None
+    on_failed: Callable[[str], None] | None = None
     _http: httpx.AsyncClient | None = None
     _pending: set[asyncio.TimerHandle] = field(default_factory=set)
     _delivering: set[asyncio.Task[None]] = field(default_factory=set)
@@ -109,6 +111,8 @@ class FakeResearch:
         except httpx.TransportError:
             delivered = False
         if not delivered:
+            if self.on_failed is not None:
+                self.on_failed(job_id)
             if job.attempts < self.max_attempts:
                 self._later(min(2.0, self.retry_base * 2 ** min(job.attempts, 6)), job_id)
             return
@@ -122,11 +126,14 @@ class FakeResearch:
     def app(self) -> Starlette:
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            async with httpx.AsyncClient(timeout=10.0) as http:
+            async with http_client() as http:
                 self._http = http
                 yield
                 for handle in self._pending:
                     handle.cancel()
+                for task in self._delivering:
+                    task.cancel()
+                await asyncio.gather(*self._delivering, return_exceptions=True)
 
         return Starlette(
             routes=[Route("/research", self.register, methods=["POST"])], lifespan=lifespan

@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -19,21 +18,13 @@ from orchestrator import admin, callbacks
 from orchestrator.callbacks import CallbackLimits
 from orchestrator.engine import Engine
 from orchestrator.http import BearerAuth, HttpError, error_response
+from orchestrator.outgoing import http_client
 from orchestrator.settings import Settings
 from orchestrator.store import StoreUnavailable, open_store
 
 log = structlog.get_logger("orchestrator.app")
 
 Started = Callable[[Engine], Awaitable[None]]
-
-
-def http_client() -> httpx.AsyncClient:
-    """The one outgoing client: bounded connections, sane timeouts, redirects not followed."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(10.0, connect=5.0),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        follow_redirects=False,
-    )
 
 
 async def healthz(request: Request) -> Response:

@@ -257,6 +257,9 @@ class Engine:
                 or current.attempt != task.attempt
             ):
                 return
+            run = await advance.tx.get_run(task.run_id)
+            assert run is not None  # noqa: S101 - a foreign key guarantees it
+            step = self._spec(run).steps[task.step]
             tries = current.dispatch_tries + 1
             if tries >= MAX_DISPATCH_TRIES:
                 error = f"dispatch failed {tries} times; last: {failure.error}"
@@ -264,15 +267,13 @@ class Engine:
                     current, current.attempt, Outcome.FAILED, error=error, source="dispatch"
                 )
                 return
-            delay = max(failure.retry_after or 0.0, backoff_delay(tries, 1.0, 60.0, self.rng))
+            backoff = backoff_delay(tries, step.backoff, step.backoff_max, self.rng)
             again = current.replace(
-                state=TaskState.PENDING, due_at=advance.now + delay, started_at=None,
-                dispatch_tries=tries,
+                state=TaskState.PENDING, due_at=advance.now + max(failure.retry_after or 0.0, backoff),
+                started_at=None, dispatch_tries=tries,
             )  # fmt: skip
             if not await advance.tx.transition_task(again, current.state, current.attempt):
                 return
-            run = await advance.tx.get_run(task.run_id)
-            assert run is not None  # noqa: S101 - a foreign key guarantees it
             advance.outbox.note(
                 "task_dispatch_failed", advance.now, run.id, task_id=task.id, step=task.step,
                 attempt=task.attempt, error=failure.error, tries=tries, retry_at=again.due_at,

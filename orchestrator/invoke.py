@@ -9,6 +9,7 @@ import functools
 import importlib
 import inspect
 import json
+import re
 import time
 import types
 import typing
@@ -126,7 +127,9 @@ class Context:
             raise HandoffRefused("no URL: pass one, or give the step a service with a url")
         headers = {"Idempotency-Key": self.idempotency_key, **kwargs.pop("headers", {})}
         try:
-            response = await self.http.request(method, target, headers=headers, **kwargs)
+            response = await self.http.request(
+                method, target, headers=headers, follow_redirects=False, **kwargs
+            )
         except httpx.TransportError as error:
             raise DispatchError(f"{method} {target}: {type(error).__name__}: {error}") from None
         status = response.status_code
@@ -150,18 +153,24 @@ class HandoffRefused(Exception):
     """The service refused the hand-off for good (a 3xx or a 4xx other than 429)."""
 
 
+MAX_RETRY_AFTER = 3600.0
+
+
 def retry_after_seconds(response: httpx.Response) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), if any."""
-    value = response.headers.get("retry-after")
-    if value is None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), at most an hour.
+
+    A garbled header is ignored (the backoff applies), never an error.
+    """
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
         return None
-    if value.strip().isdigit():
-        return float(value)
+    if re.fullmatch(r"[0-9]{1,9}", value):
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, when.timestamp() - time.time()), MAX_RETRY_AFTER)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,11 +18,13 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets as random_secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}")  # ASCII digits only; no overflow, no "²"
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the scheme's prefix, not a secret
 DEFAULT_TOLERANCE = 300.0
 
@@ -91,7 +93,7 @@ def verify(
     signatures = headers.get("webhook-signature")
     if not message_id or not stamp or not signatures:
         raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature header")
-    if not stamp.isdigit():
+    if not _UNIX_SECONDS.fullmatch(stamp):
         raise SignatureError("webhook-timestamp must be Unix seconds")
     timestamp = int(stamp)
     if abs(now - timestamp) > tolerance:

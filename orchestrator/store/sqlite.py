@@ -159,8 +159,8 @@ SELECT_META = "SELECT value FROM meta WHERE key = ?"
 INSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
 INSERT_HISTORY = """
     INSERT INTO history (at, type, run_id, task_id, step, data) VALUES (?, ?, ?, ?, ?, ?)
-    RETURNING id
 """
+SELECT_LAST_ID = "SELECT last_insert_rowid()"
 SELECT_UNFINISHED_TASKS = """
     SELECT tasks.* FROM tasks JOIN runs ON runs.id = tasks.run_id
     WHERE tasks.state IN ('pending', 'dispatched') AND runs.status = 'running'
@@ -415,30 +415,31 @@ class SqliteTx:
         await self._db.execute(INSERT_RECEIPT, (task_id, webhook_id, body_hash, at))
 
     async def append_history(self, entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
-        stored = []
-        for entry in entries:
-            params = (
-                entry.at,
-                entry.type,
-                entry.run_id,
-                entry.task_id,
-                entry.step,
-                _dumps(entry.data),
+        batch = list(entries)
+        if not batch:
+            return []
+        rows = [
+            (entry.at, entry.type, entry.run_id, entry.task_id, entry.step, _dumps(entry.data))
+            for entry in batch
+        ]
+        await self._db.executemany(INSERT_HISTORY, rows)
+        # This transaction holds SQLite's one write lock, so AUTOINCREMENT gave the batch
+        # consecutive ids ending at last_insert_rowid(): two round trips for any batch size.
+        row = await self._one(SELECT_LAST_ID, ())
+        assert row is not None  # noqa: S101 - the query always yields a row
+        first = row[0] - len(batch) + 1
+        return [
+            HistoryEntry(
+                id=first + offset,
+                at=entry.at,
+                type=entry.type,
+                run_id=entry.run_id,
+                task_id=entry.task_id,
+                step=entry.step,
+                data=entry.data,
             )
-            row = await self._one(INSERT_HISTORY, params)
-            assert row is not None  # noqa: S101 - RETURNING always yields the new row
-            stored.append(
-                HistoryEntry(
-                    id=row[0],
-                    at=entry.at,
-                    type=entry.type,
-                    run_id=entry.run_id,
-                    task_id=entry.task_id,
-                    step=entry.step,
-                    data=entry.data,
-                )
-            )
-        return stored
+            for offset, entry in enumerate(batch)
+        ]
 
 
 class SqliteStore:

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from handlers.fake_research import FakeResearch
 from orchestrator.client import AdminClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,7 +103,7 @@ class Orchestrator:
         self.logs: list[dict[str, object]] = []
         self._readers: list[asyncio.Task[None]] = []
 
-    async def start(self, *args: str) -> Orchestrator:
+    async def start(self, *args: str, port: int = 0) -> Orchestrator:
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
@@ -113,7 +114,7 @@ class Orchestrator:
         }
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "orchestrator", "serve", "--config", str(self.config),
-            "--port", "0", *args,
+            "--port", str(port), *args,
             cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -158,6 +159,10 @@ class Orchestrator:
         assert line is not None
         return line
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def client(self) -> AdminClient:
         return AdminClient(self.url, TOKEN)
 
@@ -200,3 +205,54 @@ async def orchestrators(tmp_path: Path) -> AsyncIterator[Callable[..., Orchestra
         if server.process is not None and server.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 await server.kill()
+
+
+class Research:
+    """The simulated research service on a loopback port, with hooks a test can wait on."""
+
+    def __init__(self, service: FakeResearch) -> None:
+        self.service = service
+        self.url = ""
+        self.failed_deliveries = 0
+        self._changed = asyncio.Condition()
+        service.on_failed = self._failed
+        service.on_delivered = self._delivered
+        self.deliveries = 0
+
+    def _delivered(self, job_id: str, status: int) -> None:
+        self.deliveries += 1
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def delivered(self, count: int, within: float = 60.0) -> None:
+        """Wait until `count` callbacks (duplicates included) got a final answer."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: self.deliveries >= count)
+
+    def _failed(self, job_id: str) -> None:
+        self.failed_deliveries += 1
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def failing(self, within: float = 20.0) -> None:
+        """Wait until at least one callback delivery has failed (the server is down)."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: self.failed_deliveries > 0)
+
+
+@pytest.fixture
+async def research() -> AsyncIterator[Research]:
+    service = Research(FakeResearch(delay=(0.5, 0.5), duplicates=1, retry_base=0.1))
+    sock = bound_socket()
+    config = uvicorn.Config(
+        service.service.app(), log_level="critical", lifespan="on", timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    service.url = f"http://127.0.0.1:{sock.getsockname()[1]}/research"
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    yield service
+    server.should_exit = True
+    await task
+    sock.close()

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from orchestrator.invoke import Context
+from orchestrator.invoke import AwaitCallback, Context
 
 
 async def _arrive(gate: str, name: str) -> None:
@@ -48,3 +48,22 @@ def five(ctx: Context) -> dict[str, Any]:
 
 async def echo(ctx: Context, item: Any) -> Any:
     return item
+
+
+async def research(ctx: Context, item: int) -> AwaitCallback[dict[str, Any]]:
+    """Hands item to the research service named in the event; its signed callback completes it."""
+    lead = {
+        "id": f"lead-{item}",
+        "name": f"Lead {item}",
+        "company": "Acme",
+        "email": "a@acme.example",
+    }
+    await ctx.dispatch(
+        ctx.event["service"],
+        json={
+            "lead": lead,
+            "callback_url": ctx.callback_url,
+            "callback_secret": ctx.callback_secret,
+        },
+    )
+    return ctx.await_callback(timeout="120s")

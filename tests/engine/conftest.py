@@ -15,7 +15,6 @@ from orchestrator.engine import Engine
 from orchestrator.model import WorkflowSpec
 from orchestrator.records import HistoryEntry
 from orchestrator.store import SqliteStore
-from tests.engine import handlers
 
 RUN_END = ("run_succeeded", "run_failed", "run_cancelled")
 H = "tests.engine.handlers:"
@@ -57,11 +56,6 @@ async def wait_for_end(subscription: Any, run_id: str, within: float = 5.0) -> F
                 if entry.type in RUN_END:
                     return Finished(run_id, entry.type.removeprefix("run_"), seen)
     raise AssertionError("the history stream ended before the run did")
-
-
-@pytest.fixture(autouse=True)
-def _reset_handlers() -> None:
-    handlers.reset()
 
 
 @pytest.fixture

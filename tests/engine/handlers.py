@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator.invoke import Context
+from orchestrator.invoke import AwaitCallback, Context, DispatchError
 
 
 class State:
@@ -22,6 +22,9 @@ class State:
         self.threads: list[str] = []
         self.hang_forever = True
         self.gate = asyncio.Event()
+        self.handed_off: dict[str, Context] = {}
+        self.before_return: Any = None
+        self.dispatch_failures = 0
 
 
 STATE = State()
@@ -115,3 +118,20 @@ def good_output(ctx: Context) -> Shaped:
 
 def not_json(ctx: Context) -> object:
     return object()
+
+
+async def hand_off(ctx: Context, item: Any) -> AwaitCallback[Shaped]:
+    """Hands its item to an imaginary service; the test plays the service's callbacks."""
+    STATE.handed_off[ctx.item_key] = ctx
+    if STATE.before_return is not None:
+        await STATE.before_return(ctx)
+    return ctx.await_callback()
+
+
+async def hand_off_after_failures(ctx: Context, item: Any) -> AwaitCallback[Any]:
+    """The first STATE.dispatch_failures hand-offs do not get through."""
+    if STATE.dispatch_failures > 0:
+        STATE.dispatch_failures -= 1
+        raise DispatchError("connection refused", retry_after=0.01)
+    STATE.handed_off[ctx.item_key] = ctx
+    return ctx.await_callback()

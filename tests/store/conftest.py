@@ -1,12 +1,20 @@
-"""Fixtures of the store contract suite: every test body runs against every backend."""
+"""Fixtures and record builders of the store contract suite, whose bodies run on every backend."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from orchestrator.barrier import Barrier
+from orchestrator.ids import new_id
+from orchestrator.model import JoinPolicy
+from orchestrator.records import Event, Run, Task
+from orchestrator.states import RunState
 from orchestrator.store import SqliteStore, Store
 
 # A PostgresStore joins by adding its name here and a branch in StoreFactory.new.
@@ -73,3 +81,61 @@ def sqlite_file(backend: str, stores: StoreFactory) -> Path:
     if backend != "sqlite":
         pytest.skip("SQLite-specific: reads the file's schema_version table")
     return Path(stores.database)
+
+
+# Records for the contract tests to store.
+
+T0 = 1_700_000_000.0
+
+
+def make_event(
+    *, trigger: str = "leads", dedup_key: str | None = None, now: float = T0, **payload: Any
+) -> Event:
+    return Event(new_id("evt", now), trigger, "outreach", now, dict(payload), dedup_key)
+
+
+def make_run(event: Event, *, workflow: str = "outreach", now: float = T0) -> Run:
+    spec = {"name": workflow, "steps": {"research": {"handler": "handlers.demo:research"}}}
+    return Run(new_id("run", now), workflow, event.id, RunState.RUNNING, now, spec)
+
+
+def make_task(run: Run, step: str = "research", key: str = "a", item: Any = None) -> Task:
+    return Task(
+        new_id("tsk", run.created_at), run.id, step, key, {"lead": key} if item is None else item
+    )
+
+
+def make_barrier(run: Run, step: str = "research", policy: JoinPolicy | None = None) -> Barrier:
+    return Barrier(run.id, step, expected=4, required=4, policy=policy or JoinPolicy())
+
+
+async def seed_run(
+    store: Store,
+    *,
+    workflow: str = "outreach",
+    status: RunState = RunState.RUNNING,
+    now: float = T0,
+) -> Run:
+    """A committed event and run; a finished `status` is reached through set_run_status."""
+    event = make_event(now=now)
+    run = make_run(event, workflow=workflow, now=now)
+    async with store.transaction() as tx:
+        await tx.insert_event(event)
+        await tx.insert_run(run)
+        if status is RunState.RUNNING:
+            return run
+        assert await tx.set_run_status(run.id, RunState.RUNNING, status, now + 1)
+    return run.replace(status=status, finished_at=now + 1)
+
+
+# Looking inside a SQLite file.
+
+
+def schema_versions(path: Path) -> list[int]:
+    with closing(sqlite3.connect(path)) as db:
+        return [row[0] for row in db.execute("SELECT version FROM schema_version")]
+
+
+def set_schema_version(path: Path, version: int) -> None:
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE schema_version SET version = ?", (version,))
