@@ -20,17 +20,19 @@ class Subscription:
 
     def __init__(self, bus: HistoryBus, maxsize: int) -> None:
         self._bus = bus
-        self._queue: asyncio.Queue[HistoryEntry | None] = asyncio.Queue(maxsize)
+        # One slot more than `maxsize`, kept for the end-of-stream marker: on overflow the
+        # subscriber still gets every entry it was sent, in order, and then the end, so a
+        # resume from its last id misses nothing.
+        self._maxsize = maxsize
+        self._queue: asyncio.Queue[HistoryEntry | None] = asyncio.Queue(maxsize + 1)
         self.overflowed = False
 
     def _put(self, entry: HistoryEntry) -> bool:
-        try:
-            self._queue.put_nowait(entry)
-        except asyncio.QueueFull:
+        if self._queue.qsize() >= self._maxsize:
             self.overflowed = True
-            self._queue.get_nowait()
             self._queue.put_nowait(_OVERFLOW)
             return False
+        self._queue.put_nowait(entry)
         return True
 
     def __aiter__(self) -> AsyncIterator[HistoryEntry]:

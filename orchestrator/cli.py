@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from orchestrator.engine import Engine
 from orchestrator.progress import Progress
 from orchestrator.serve import MainServer, listening_socket, run, sidecar, uvicorn_config
 from orchestrator.settings import ConfigError, Settings, check_handlers, config_path, load_settings
+from orchestrator.signing import new_secret, sign_headers
 from orchestrator.states import RunState
 
 log = structlog.get_logger("orchestrator.cli")
@@ -43,6 +45,7 @@ examples:
   orchestrator check                         validate config/orchestrator.toml
   orchestrator serve --fire morning          serve, and fire the morning trigger once up
   orchestrator fire morning --wait           fire on a running server and follow the run
+  orchestrator sign --secret env:S --url URL done.json | sh    send a signed callback by hand
   ORCHESTRATOR_CONFIG=prod.toml orchestrator serve --host 0.0.0.0
 
 settings come from the config file; ORCHESTRATOR_* environment variables override it
@@ -111,6 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fire a trigger (or a workflow by name) on a running server through the "
         "admin API, with ORCHESTRATOR_ADMIN_TOKEN as the bearer token.",
     )
+    sign = commands.add_parser(
+        "sign",
+        help="sign a body the way a service signs its callback (for curl)",
+        description="Sign a request body with the Standard Webhooks scheme and print the "
+        "headers, or a whole curl command with --url. The secret may be written env:NAME.",
+        epilog='example:\n  echo \'{"status": "succeeded", "output": {}}\' > done.json\n'
+        "  orchestrator sign --secret env:RESEARCH_WEBHOOK_SECRET --url "
+        "http://127.0.0.1:8000/callbacks/TOKEN done.json | sh",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sign.add_argument(
+        "body", nargs="?", metavar="FILE", help="the exact bytes to send ('-' or none: stdin)"
+    )
+    sign.add_argument(
+        "--secret", help="whsec_... secret, or env:NAME to read it from the environment"
+    )
+    sign.add_argument("--id", dest="message_id", help="webhook-id (default: a random one)")
+    sign.add_argument("--timestamp", type=int, help="Unix seconds (default: now)")
+    sign.add_argument("--url", help="print a curl command that POSTs the body to this URL")
+    sign.add_argument(
+        "--new-secret", action="store_true", help="print a fresh whsec_ secret and exit"
+    )
+
     fire.add_argument("name", metavar="NAME", help="trigger or workflow name")
     fire.add_argument(
         "--payload", metavar="FILE", help="JSON object to send as the event payload ('-' for stdin)"
@@ -133,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check_command(args.config)
         if args.command == "serve":
             return serve_command(args)
+        if args.command == "sign":
+            return sign_command(args)
         return asyncio.run(fire_command(args))
     except ConfigError as error:
         for problem in error.problems:
@@ -154,6 +182,35 @@ def check_command(path: str | None) -> int:
     for name, workflow in settings.workflows.items():
         order = " → ".join(workflow.steps)
         print(f"  {name}: {order}")
+    return 0
+
+
+def sign_command(args: argparse.Namespace) -> int:
+    if args.new_secret:
+        print(new_secret())
+        return 0
+    if not args.secret:
+        raise ConfigError(["sign: --secret is required (a whsec_ secret, or env:NAME)"])
+    secret = args.secret
+    if secret.startswith("env:"):
+        name = secret.removeprefix("env:")
+        if name not in os.environ:
+            raise ConfigError([f"sign: environment variable {name} is not set"])
+        secret = os.environ[name]
+    body = sys.stdin.buffer.read() if args.body in (None, "-") else Path(args.body).read_bytes()
+    try:
+        headers = sign_headers(secret, body, args.message_id, args.timestamp)
+    except ValueError as error:
+        raise ConfigError([f"sign: --secret: {error}"]) from None
+    flags = " ".join(f"-H {shlex.quote(f'{name}: {value}')}" for name, value in headers.items())
+    if args.url is None:
+        print(flags)
+        return 0
+    data = body.decode(errors="replace") if args.body in (None, "-") else f"@{args.body}"
+    print(
+        f"curl -sS -X POST {shlex.quote(args.url)} -H 'content-type: application/json' {flags} "
+        f"--data-binary {shlex.quote(data)}"
+    )
     return 0
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from orchestrator.signing import new_secret, verify
 from tests.e2e.conftest import REPO, TOKEN, Orchestrator, bound_socket
 
 pytestmark = pytest.mark.e2e
@@ -119,3 +122,27 @@ async def test_fire_wait_follows_a_run_on_a_running_server(
     assert "succeeded" in out
     assert "wall-clock" in out
     assert await server.stop()
+
+
+async def test_sign_prints_headers_that_verify(tmp_path: Path) -> None:
+    """`orchestrator sign` signs a file's exact bytes with a secret read from the environment."""
+    secret = new_secret()
+    body = tmp_path / "done.json"
+    body.write_bytes(b'{"status": "succeeded"}\n')
+    code, out, err = await run_cli(
+        "sign", "--secret", "env:TEST_SECRET", "--id", "msg-7", str(body),
+        env={"TEST_SECRET": secret},
+    )  # fmt: skip
+    assert code == 0, err
+    headers = dict(part.split(": ", 1) for part in shlex.split(out) if part != "-H")
+    verified = verify([secret], headers, body.read_bytes(), time.time())
+    assert verified.message_id == "msg-7"
+    assert secret not in out
+
+
+async def test_sign_without_a_usable_secret_explains_itself() -> None:
+    """A missing environment variable is named, with exit status 2 and no traceback."""
+    code, _, err = await run_cli("sign", "--secret", "env:NOT_SET_ANYWHERE", "-")
+    assert code == 2
+    assert "NOT_SET_ANYWHERE is not set" in err
+    assert "Traceback" not in err
