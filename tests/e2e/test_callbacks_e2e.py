@@ -8,8 +8,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
+from orchestrator.signing import new_secret, sign_headers
 from tests.e2e.conftest import Orchestrator, Research
 from tests.e2e.test_run_end_to_end import follow_to_end
 
@@ -88,3 +90,41 @@ async def test_sigkill_with_callbacks_pending_loses_none_and_counts_each_once(
     assert not [e for e in history if e.type == "task_requeued"], "awaiting tasks keep waiting"
     assert len(research.service.jobs) == 100, "no task was handed off twice"
     assert await second.stop()
+
+
+async def test_forged_and_late_callbacks_over_real_http(
+    tmp_path: Path, research: Research, orchestrators: Callable[..., Orchestrator]
+) -> None:
+    """Over real HTTP: a forged callback gets 401, and the genuine one after the deadline 410."""
+    research.service.delay = (600.0, 600.0)  # the service never calls back by itself here
+    config = tmp_path / "research.toml"
+    config.write_text(
+        RESEARCH.replace(
+            'for_each = "event.items"', 'for_each = "event.items"\nheartbeat = "1s"', 1
+        )
+    )
+    server = await orchestrators(config).start()
+    async with server.client() as client:
+        fired = await client.fire("research", {"items": [0], "service": research.url})
+        async with asyncio.timeout(20):
+            async for entry in client.stream(after=0, run_id=fired["run_id"]):
+                if entry.type == "task_awaiting_callback":
+                    break
+    (job,) = research.service.jobs.values()
+    async with httpx.AsyncClient() as http:
+        forged_headers = sign_headers(new_secret(), job.body, message_id="forged")
+        forged = await http.post(job.callback_url, content=job.body, headers=forged_headers)
+        assert (forged.status_code, forged.json()["error"]) == (401, "bad_signature")
+        history = await follow_to_end(server, fired["run_id"])
+        assert history[-1].type == "run_failed"
+        late = await http.post(
+            job.callback_url, content=job.body, headers=sign_headers(job.secret, job.body)
+        )
+    assert late.status_code == 410
+    assert "timed_out" in late.json()["detail"]
+    async with server.client() as client:
+        rejected = [
+            e for e in await client.history(run_id=fired["run_id"]) if e.type == "callback_rejected"
+        ]
+    assert [e.data.get("status", e.data.get("verdict")) for e in rejected] == [401, "gone"]
+    assert await server.stop()
