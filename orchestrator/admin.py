@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -12,9 +13,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from orchestrator.barrier import Barrier
+from orchestrator.cron import fires_after
 from orchestrator.engine import Engine, UnknownTarget
 from orchestrator.http import HttpError, parse_json_object, read_body
+from orchestrator.model import TriggerSpec
 from orchestrator.records import HistoryEntry, Run, Task
+from orchestrator.scheduler import fire_key, schedule_of
 from orchestrator.states import RunState
 from orchestrator.store import Store
 from orchestrator.timing import Span, Timing, run_timing
@@ -242,7 +246,42 @@ async def run_detail(store: Store, run_id: str) -> dict[str, Any] | None:
     }
 
 
+def trigger_preview(name: str, trigger: TriggerSpec, count: int, now: datetime) -> dict[str, Any]:
+    """A trigger and its next `count` fire times, local and UTC: DST made visible in advance."""
+    preview: dict[str, Any] = {
+        "name": name,
+        "kind": trigger.kind,
+        "workflow": trigger.workflow,
+        "description": trigger.description,
+    }
+    if trigger.cron is not None:
+        fires = fires_after(schedule_of(trigger), now, count) if count else []
+        preview.update(
+            cron=trigger.cron,
+            timezone=trigger.timezone.key,
+            on_gap=trigger.on_gap,
+            on_overlap=trigger.on_overlap,
+            misfire=trigger.misfire,
+            next=[
+                {"utc": fire_key(at), "local": at.astimezone(trigger.timezone).isoformat()}
+                for at in fires
+            ],
+        )
+    if trigger.webhook is not None:
+        preview.update(scheme=trigger.webhook.scheme, path=f"/hooks/{name}")
+    return preview
+
+
+async def list_triggers(request: Request) -> Response:
+    engine = _engine(request)
+    count = _int_param(request, "next", 5, 0, 100)
+    now = datetime.fromtimestamp(engine.clock(), UTC)
+    previews = [trigger_preview(n, t, count, now) for n, t in engine.triggers.items()]
+    return JSONResponse({"triggers": previews})
+
+
 routes = [
+    Route("/triggers", list_triggers, methods=["GET"]),
     Route("/triggers/{name}/fire", fire_trigger, methods=["POST"]),
     Route("/runs", list_runs, methods=["GET"]),
     Route("/runs/{run_id}", show_run, methods=["GET"]),

@@ -14,11 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from orchestrator import admin, callbacks
+from orchestrator import admin, callbacks, hooks
 from orchestrator.callbacks import CallbackLimits
 from orchestrator.engine import Engine
 from orchestrator.http import BearerAuth, HttpError, error_response
 from orchestrator.outgoing import http_client
+from orchestrator.scheduler import CronScheduler
 from orchestrator.settings import Settings
 from orchestrator.store import StoreUnavailable, open_store
 
@@ -82,6 +83,10 @@ def create_app(
             running = [asyncio.ensure_future(job(engine)) for job in background]
             try:
                 await engine.recover()
+                for name, trigger in settings.triggers.items():
+                    if trigger.webhook is not None and trigger.webhook.scheme == "none":
+                        log.warning("webhook_unsigned", trigger=name, hint="anyone can fire it")
+                await CronScheduler(engine, settings.triggers).start()
                 for callback in on_started:
                     await callback(engine)
                 yield
@@ -97,6 +102,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Mount("/callbacks", routes=callbacks.routes),
+        Mount("/hooks", routes=hooks.routes),
         Mount(
             "/admin",
             routes=admin.routes,

@@ -11,6 +11,7 @@ import secrets
 import shlex
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import structlog
 from pydantic import SecretStr
 
 from orchestrator import __version__
-from orchestrator.admin import timing_from_json
+from orchestrator.admin import timing_from_json, trigger_preview
 from orchestrator.app import create_app
 from orchestrator.client import AdminClient, AdminError
 from orchestrator.engine import Engine
@@ -108,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("config", nargs="?", metavar="CONFIG", help="config file to check")
 
+    triggers = commands.add_parser(
+        "triggers",
+        help="list triggers with their next fire times (local and UTC)",
+        description="List every trigger; for cron triggers, the next N fire times in the "
+        "trigger's timezone and in UTC, so daylight-saving behaviour is visible in advance.",
+    )
+    triggers.add_argument(
+        "--next", type=int, default=5, metavar="N", help="fire times to show (default 5)"
+    )
+    triggers.add_argument("--config", metavar="FILE", help="config file")
+    triggers.add_argument("--json", action="store_true", help="print JSON for scripts")
+
     fire = commands.add_parser(
         "fire",
         help="fire a trigger or workflow on a running server",
@@ -161,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve_command(args)
         if args.command == "sign":
             return sign_command(args)
+        if args.command == "triggers":
+            return triggers_command(args)
         return asyncio.run(fire_command(args))
     except ConfigError as error:
         for problem in error.problems:
@@ -182,6 +197,32 @@ def check_command(path: str | None) -> int:
     for name, workflow in settings.workflows.items():
         order = " → ".join(workflow.steps)
         print(f"  {name}: {order}")
+    return 0
+
+
+def triggers_command(args: argparse.Namespace) -> int:
+    source = config_path(args.config)
+    settings = load_settings(source)
+    now = datetime.now(UTC)
+    previews = [
+        trigger_preview(name, t, max(0, args.next), now) for name, t in settings.triggers.items()
+    ]
+    if args.json:
+        print(json.dumps({"triggers": previews}, indent=2))
+        return 0
+    if not previews:
+        print(f"{source}: no triggers (every workflow can still be fired by name)")
+    for preview in previews:
+        print(f"{preview['name']}  ({preview['kind']} -> {preview['workflow']})")
+        if preview["kind"] == "cron":
+            print(
+                f"  cron {preview['cron']!r} in {preview['timezone']}; gap: {preview['on_gap']}, "
+                f"overlap: {preview['on_overlap']}, misfire: {preview['misfire']}"
+            )
+            for fire in preview["next"]:
+                print(f"    {fire['local']:<28}  {fire['utc']}")
+        elif preview["kind"] == "webhook":
+            print(f"  POST {preview['path']}  ({preview['scheme']} signatures)")
     return 0
 
 

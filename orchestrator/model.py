@@ -9,6 +9,7 @@ import os
 import re
 from fractions import Fraction
 from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
@@ -248,9 +249,95 @@ class ServiceSpec(Spec):
         return [secret.get_secret_value() for secret in self.secrets]
 
 
+def _resolve_plain_secret(value: object) -> object:
+    """`env:NAME` reads a webhook secret from the environment (any text, not only base64)."""
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value.removeprefix("env:")
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+    return value
+
+
+PlainSecret = Annotated[SecretStr, BeforeValidator(_resolve_plain_secret)]
+
+
+class WebhookSpec(Spec):
+    """How an inbound webhook trigger checks who sent it.
+
+    `standard` (Standard Webhooks), `github` (X-Hub-Signature-256) or `stripe`
+    (Stripe-Signature); `none` only when chosen explicitly, and warned about at start-up.
+    """
+
+    scheme: Literal["standard", "github", "stripe", "none"]
+    secrets: tuple[PlainSecret, ...] = ()
+    tolerance: Duration = 300.0
+    payload_model: str | None = Field(default=None, pattern=HANDLER_PATTERN)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "secret" in data:
+            data = dict(data)
+            if "secrets" in data:
+                raise ValueError("set either secret or secrets, not both")
+            data["secrets"] = [data.pop("secret")]
+        return data
+
+    @model_validator(mode="after")
+    def _needs_a_secret(self) -> Self:
+        if self.scheme != "none" and not self.secrets:
+            raise ValueError(f'scheme {self.scheme!r} needs a secret (write secret = "env:NAME")')
+        if self.scheme == "standard":
+            for secret in self.secrets:
+                _resolve_secret(secret.get_secret_value())
+        return self
+
+    def secret_values(self) -> list[str]:
+        return [secret.get_secret_value() for secret in self.secrets]
+
+
+def _zone(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown IANA timezone {value!r} (e.g. 'Europe/Berlin', 'UTC')"
+            ) from None
+    return value
+
+
 class TriggerSpec(Spec):
-    """A named source of events; every trigger can also be fired by hand."""
+    """A named source of events: a cron schedule, an inbound webhook, or neither (fired by
+    hand). Every trigger can also be fired by hand."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     workflow: str
     description: str = ""
     payload: dict[str, Any] = Field(default_factory=dict, description="default event payload")
+    cron: str | None = Field(default=None, description="five fields or @daily, @hourly, ...")
+    timezone: Annotated[ZoneInfo, BeforeValidator(_zone)] = ZoneInfo("UTC")
+    on_gap: Literal["shift", "skip"] = "shift"
+    on_overlap: Literal["first", "last", "both"] = "first"
+    misfire: Literal["skip", "latest", "all"] = "latest"
+    misfire_grace: Duration = 3600.0
+    webhook: WebhookSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Self:
+        from orchestrator.cron import valid_expression
+
+        if self.cron is not None and self.webhook is not None:
+            raise ValueError("a trigger is a cron schedule or a webhook, not both")
+        if self.cron is not None and not valid_expression(self.cron):
+            raise ValueError(
+                f"cron = {self.cron!r} is not a cron expression: five fields "
+                "(minute hour day month weekday, e.g. '42 7 * * MON-FRI') or @daily, @hourly, ..."
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "cron" if self.cron else "webhook" if self.webhook else "manual"

@@ -162,5 +162,13 @@ def check_handlers(settings: Settings, source: Path) -> None:
             except HandlerImportError as error:
                 field = f"workflows.{workflow_name}.steps.{step_name}.handler"
                 problems.append(f"{source}: {field}: {error}")
+    for trigger_name, trigger in settings.triggers.items():
+        model = trigger.webhook.payload_model if trigger.webhook else None
+        if model is not None:
+            try:
+                load_handler(model)
+            except HandlerImportError as error:
+                field = f"triggers.{trigger_name}.webhook.payload_model"
+                problems.append(f"{source}: {field}: {error}")
     if problems:
         raise ConfigError(problems)

@@ -107,3 +107,44 @@ def verify(
             if hmac.compare_digest(expected.encode(), candidate.encode()):
                 return Verified(message_id, timestamp)
     raise SignatureError("no signature matches")
+
+
+def verify_github(accepted: Sequence[str], headers: Mapping[str, str], body: bytes) -> str | None:
+    """GitHub's `X-Hub-Signature-256: sha256=<hex HMAC>`; returns the X-GitHub-Delivery id."""
+    header = headers.get("x-hub-signature-256", "")
+    if not header.startswith("sha256="):
+        raise SignatureError("missing X-Hub-Signature-256 (sha256=...) header")
+    presented = header.removeprefix("sha256=").strip().encode()
+    for secret in accepted:
+        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
+        if hmac.compare_digest(expected, presented):
+            return headers.get("x-github-delivery")
+    raise SignatureError("no signature matches")
+
+
+def verify_stripe(
+    accepted: Sequence[str],
+    headers: Mapping[str, str],
+    body: bytes,
+    now: float,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> int:
+    """Stripe's `Stripe-Signature: t=<seconds>,v1=<hex HMAC of "t.body">`; returns t."""
+    stamps, signatures = [], []
+    for part in headers.get("stripe-signature", "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            stamps.append(value)
+        elif key == "v1":
+            signatures.append(value.encode())
+    if len(stamps) != 1 or not _UNIX_SECONDS.fullmatch(stamps[0]) or not signatures:
+        raise SignatureError("Stripe-Signature needs t=<Unix seconds> and at least one v1=")
+    timestamp = int(stamps[0])
+    if abs(now - timestamp) > tolerance:
+        raise SignatureError(f"Stripe-Signature timestamp is more than {int(tolerance)} s from now")
+    signed = f"{timestamp}.".encode() + body
+    for secret in accepted:
+        expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest().encode()
+        if any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+            return timestamp
+    raise SignatureError("no signature matches")

@@ -136,6 +136,9 @@ class Store(Protocol):
     async def lookup_token(self, token_hash: str) -> tuple[str, int] | None:
         """(task id, attempt) a callback token was issued for, by the token's hash."""
 
+    async def last_cron_fire(self, trigger: str) -> str | None:
+        """The dedup key of the trigger's latest cron fire (`2026-11-23T06:42:00Z`), if any."""
+
     async def server_key(self) -> bytes:
         """The key callback tokens are derived from, made once and kept in the store."""
 

@@ -156,6 +156,10 @@ INSERT_RECEIPT = """
     INSERT INTO callback_receipts (task_id, webhook_id, body_hash, received_at) VALUES (?, ?, ?, ?)
 """
 SELECT_META = "SELECT value FROM meta WHERE key = ?"
+SELECT_LAST_CRON_FIRE = """
+    SELECT max(dedup_key) FROM events
+    WHERE trigger = ? AND dedup_key GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T*Z'
+"""
 INSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
 INSERT_HISTORY = """
     INSERT INTO history (at, type, run_id, task_id, step, data) VALUES (?, ?, ?, ?, ?, ?)
@@ -604,6 +608,10 @@ class SqliteStore:
     async def lookup_token(self, token_hash: str) -> tuple[str, int] | None:
         rows = list(await self._rows(SELECT_CAPABILITY, (token_hash,)))
         return (rows[0][0], rows[0][1]) if rows else None
+
+    async def last_cron_fire(self, trigger: str) -> str | None:
+        rows = list(await self._rows(SELECT_LAST_CRON_FIRE, (trigger,)))
+        return rows[0][0] if rows else None
 
     async def server_key(self) -> bytes:
         rows = list(await self._rows(SELECT_META, ("server_key",)))

@@ -1,0 +1,98 @@
+"""POST /hooks/{trigger}: signed inbound webhooks start runs; redeliveries start nothing.
+
+The event is persisted before the answer (202 with its id, fast: senders time out in
+seconds). A redelivery answers 200 with the same id. Deduplication is on the sender's
+delivery id (webhook-id, X-GitHub-Delivery, the Stripe event id) or an explicit
+Idempotency-Key, never on a hash of the body: two real deliveries may carry the same body.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from orchestrator.engine import Engine
+from orchestrator.http import HttpError, parse_json_object, read_body
+from orchestrator.model import WebhookSpec
+from orchestrator.records import HistoryEntry
+from orchestrator.signing import SignatureError, verify, verify_github, verify_stripe
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+async def receive(request: Request) -> Response:
+    """Verify, persist as an event, start the run; or say exactly why not."""
+    engine = _engine(request)
+    name = request.path_params["trigger"]
+    trigger = engine.triggers.get(name)
+    if trigger is None or trigger.webhook is None:
+        raise await _reject(
+            engine, name, HttpError(404, "unknown_trigger", f"no webhook trigger named {name!r}")
+        )
+    webhook = trigger.webhook
+    try:
+        body = await read_body(request, request.app.state.callback_limits.body_limit)
+        delivery = _verify(webhook, request, body, engine.clock())
+        payload = _payload(webhook, parse_json_object(body))
+    except HttpError as error:
+        raise await _reject(engine, name, error) from None
+    if webhook.scheme == "stripe":
+        delivery = payload.get("id") if isinstance(payload.get("id"), str) else None
+    dedup = request.headers.get("idempotency-key") or delivery
+    fired = await engine.fire(name, payload, dedup_key=dedup, source=f"webhook:{webhook.scheme}")
+    body_out = {"event_id": fired.event_id, "run_id": fired.run_id, "duplicate": fired.duplicate}
+    return JSONResponse(body_out, status_code=200 if fired.duplicate else 202)
+
+
+def _verify(webhook: WebhookSpec, request: Request, body: bytes, now: float) -> str | None:
+    """The sender's delivery id once the signature checks out; 401 otherwise."""
+    secrets = webhook.secret_values()
+    try:
+        if webhook.scheme == "standard":
+            return verify(secrets, request.headers, body, now, webhook.tolerance).message_id
+        if webhook.scheme == "github":
+            return verify_github(secrets, request.headers, body)
+        if webhook.scheme == "stripe":
+            verify_stripe(secrets, request.headers, body, now, webhook.tolerance)
+            return None
+    except SignatureError as error:
+        raise HttpError(401, "bad_signature", str(error)) from None
+    return None  # scheme "none": chosen explicitly, warned about at start-up
+
+
+def _payload(webhook: WebhookSpec, payload: dict[str, Any]) -> dict[str, Any]:
+    if webhook.payload_model is None:
+        return payload
+    module, _, name = webhook.payload_model.partition(":")
+    model = getattr(importlib.import_module(module), name)
+    try:
+        checked: dict[str, Any] = pydantic.TypeAdapter(model).dump_python(
+            pydantic.TypeAdapter(model).validate_python(payload), mode="json"
+        )
+    except pydantic.ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "body"
+        raise HttpError(422, "invalid_payload", f"{where}: {problem['msg']}") from None
+    return checked
+
+
+async def _reject(engine: Engine, trigger: str, error: HttpError) -> HttpError:
+    data = {
+        "trigger": trigger,
+        "status": error.status,
+        "error": error.error,
+        "reason": error.detail,
+    }
+    await engine.record(HistoryEntry("hook_rejected", engine.clock(), data=data))
+    return error
+
+
+routes = [Route("/{trigger}", receive, methods=["POST"])]
