@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import sys
@@ -146,3 +147,23 @@ async def test_sign_without_a_usable_secret_explains_itself() -> None:
     assert code == 2
     assert "NOT_SET_ANYWHERE is not set" in err
     assert "Traceback" not in err
+
+
+async def test_triggers_previews_fire_times_across_dst(tmp_path: Path) -> None:
+    """`orchestrator triggers --json` shows next fires in local time and UTC, DST included."""
+    config = tmp_path / "cron.toml"
+    config.write_text(
+        '[workflows.w.steps.a]\nhandler = "handlers.outreach:fetch_leads"\n'
+        '[triggers.nightly]\nworkflow = "w"\ncron = "30 2 * * *"\n'
+        'timezone = "America/New_York"\non_gap = "skip"\n'
+    )
+    code, out, err = await run_cli("triggers", "--config", str(config), "--next", "400", "--json")
+    assert code == 0, err
+    (nightly,) = json.loads(out)["triggers"]
+    local_days = [fire["local"][:10] for fire in nightly["next"]]
+    assert {"2027-03-13", "2027-03-15"} <= set(local_days)
+    assert "2027-03-14" not in local_days, "02:30 does not exist that day and is skipped"
+    assert all(fire["local"][11:16] == "02:30" for fire in nightly["next"])
+    code, out, _ = await run_cli("triggers", "--config", str(config), "--next", "2")
+    assert code == 0
+    assert "cron '30 2 * * *' in America/New_York" in out

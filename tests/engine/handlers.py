@@ -135,3 +135,10 @@ async def hand_off_after_failures(ctx: Context, item: Any) -> AwaitCallback[Any]
         raise DispatchError("connection refused", retry_after=0.01)
     STATE.handed_off[ctx.item_key] = ctx
     return ctx.await_callback()
+
+
+class Push(BaseModel):
+    """The payload model of the test push webhook."""
+
+    ref: str
+    commits: int
