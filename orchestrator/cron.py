@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 OnGap = Literal["shift", "skip"]
 OnOverlap = Literal["first", "last", "both"]
@@ -38,13 +38,22 @@ class Schedule:
 
 
 def valid_expression(expression: str) -> bool:
-    """Five fields, or a macro such as @daily or @hourly."""
-    return len(expression.split()) in (1, 5) and bool(croniter.is_valid(expression))
+    """Five fields, or a macro such as @daily or @hourly, that matches some date at all."""
+    expression = expression.strip()
+    if len(expression.split()) not in (1, 5) or not croniter.is_valid(expression):
+        return False
+    try:  # "0 0 30 2 *" is well-formed, but 30 February never comes
+        croniter(expression, datetime(2026, 1, 1, tzinfo=UTC)).get_next(datetime)
+    except CroniterBadDateError:
+        return False
+    return True
 
 
 def fires_after(schedule: Schedule, after: datetime, limit: int = 1) -> list[datetime]:
     """The next `limit` fire instants (UTC, aware) strictly after `after`."""
     found: list[datetime] = []
+    if limit <= 0:
+        return found
     for instant in _instants(schedule, after):
         if not found or instant != found[-1]:
             found.append(instant)

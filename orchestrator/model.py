@@ -11,7 +11,15 @@ from fractions import Fraction
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    model_validator,
+)
 
 from orchestrator.durations import Duration, parse_duration
 
@@ -317,7 +325,9 @@ class TriggerSpec(Spec):
     workflow: str
     description: str = ""
     payload: dict[str, Any] = Field(default_factory=dict, description="default event payload")
-    cron: str | None = Field(default=None, description="five fields or @daily, @hourly, ...")
+    cron: Annotated[str, StringConstraints(strip_whitespace=True)] | None = Field(
+        default=None, description="five fields or @daily, @hourly, ..."
+    )
     timezone: Annotated[ZoneInfo, BeforeValidator(_zone)] = ZoneInfo("UTC")
     on_gap: Literal["shift", "skip"] = "shift"
     on_overlap: Literal["first", "last", "both"] = "first"
@@ -333,7 +343,7 @@ class TriggerSpec(Spec):
             raise ValueError("a trigger is a cron schedule or a webhook, not both")
         if self.cron is not None and not valid_expression(self.cron):
             raise ValueError(
-                f"cron = {self.cron!r} is not a cron expression: five fields "
+                f"cron = {self.cron!r} is not a cron expression that can fire: five fields "
                 "(minute hour day month weekday, e.g. '42 7 * * MON-FRI') or @daily, @hourly, ..."
             )
         return self
