@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +37,7 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not re.fullmatch(r"[0-9]{1,18}", raw) or not low <= int(raw) <= high:
         raise HttpError(400, "bad_parameter", f"{name} must be a whole number from {low} to {high}")
     return int(raw)
 
@@ -107,7 +108,7 @@ async def list_events(request: Request) -> Response:
 async def stream_events(request: Request) -> Response:
     """History as Server-Sent Events; Last-Event-ID (or ?after=) replays what was missed first."""
     resume = request.headers.get("last-event-id") or request.query_params.get("after")
-    if resume is not None and not resume.isdigit():
+    if resume is not None and not re.fullmatch(r"[0-9]{1,18}", resume):
         raise HttpError(400, "bad_parameter", "Last-Event-ID / after must be a history id")
     engine = _engine(request)
     run_filter = request.query_params.get("run")

@@ -66,7 +66,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = open_store(settings.database_url)
+        store = open_store(settings.database_url, synchronous=settings.sqlite_synchronous)
         await store.open()
         async with http_client() as http:
             key = settings.callback_key
@@ -78,6 +78,7 @@ def create_app(
                 services=settings.services,
                 public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
                 callback_key=key.get_secret_value().encode() if key else None,
+                handler_threads=settings.handler_threads,
             )
             app.state.engine = engine
             running = [asyncio.ensure_future(job(engine)) for job in background]

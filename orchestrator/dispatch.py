@@ -297,7 +297,11 @@ class Dispatcher:
 
     def _launch(self, item: Ready, ctx: Context) -> None:
         self.arm_deadline(item.task)
-        self._running[item.task.id] = asyncio.ensure_future(self._run(item, ctx))
+        running = asyncio.ensure_future(self._run(item, ctx))
+        self._running[item.task.id] = running
+        # Also tracked as background work, so close() waits for a report under way.
+        self._background.add(running)
+        running.add_done_callback(self._background.discard)
 
     def _timeout(self, task: Task) -> Callable[[], Awaitable[None]]:
         async def fire() -> None:

@@ -78,6 +78,7 @@ class Engine:
         clock: Clock = time.time,
         rng: random.Random | None = None,
         executor: Executor | None = None,
+        handler_threads: int = 32,
         bus: HistoryBus | None = None,
     ) -> None:
         self.store = store
@@ -88,7 +89,9 @@ class Engine:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.bus = bus or HistoryBus()
         self.timers = TimerHeap(clock)
-        self._executor = executor or ThreadPoolExecutor(32, thread_name_prefix="handler")
+        self._executor = executor or ThreadPoolExecutor(
+            handler_threads, thread_name_prefix="handler"
+        )
         self._specs: dict[str, WorkflowSpec] = {}
         self.dispatcher = Dispatcher(
             store=store,
@@ -121,7 +124,7 @@ class Engine:
         if trigger is not None:
             return name, trigger.workflow, dict(trigger.payload)
         if name in self.workflows:
-            return "manual", name, {}
+            return f"manual:{name}", name, {}
         known = ", ".join(sorted({*self.triggers, *self.workflows})) or "none configured"
         raise UnknownTarget(f"no trigger or workflow named {name!r} (known: {known})")
 
@@ -236,7 +239,9 @@ class Engine:
             step = self._spec(run).steps[task.step]
             window = handoff.heartbeat or step.heartbeat or handoff.timeout or step.timeout
             waiting = current.replace(
-                awaiting=True, due_at=None if window is None else advance.now + window
+                awaiting=True,
+                wait_window=window,
+                due_at=None if window is None else advance.now + window,
             )
             if not await advance.tx.transition_task(waiting, current.state, current.attempt):
                 return False
@@ -329,10 +334,7 @@ class Engine:
                     step=task.step, attempt=attempt, reason=reason,
                 )  # fmt: skip
                 return Verdict.GONE, reason, None
-            run = await advance.tx.get_run(task.run_id)
-            assert run is not None  # noqa: S101 - a foreign key guarantees it
-            step = self._spec(run).steps[task.step]
-            window = step.heartbeat or step.timeout
+            window = task.wait_window
             extended = task.replace(due_at=None if window is None else advance.now + window)
             if window is not None and await advance.tx.transition_task(
                 extended, task.state, attempt
@@ -342,7 +344,8 @@ class Engine:
                 "task_heartbeat", advance.now, task.run_id, task_id=task.id, step=task.step,
                 attempt=attempt, deadline=extended.due_at,
             )  # fmt: skip
-        return Verdict.ACCEPTED, "deadline extended", extended.due_at
+        reason = "deadline extended" if window is not None else "no deadline to extend"
+        return Verdict.ACCEPTED, reason, extended.due_at
 
     async def callback_key(self) -> bytes:
         """The key callback tokens and per-task secrets derive from (loaded once)."""
@@ -440,8 +443,9 @@ class Engine:
             )
             resumed = len(advance.outbox.submit)
             waiting = len(advance.outbox.deadlines)
-        for item in held:
-            self.dispatcher.hold(item)
+            # Tasks awaiting callbacks take their slots before anything pending is admitted.
+            for item in held:
+                self.dispatcher.hold(item)
         if resumed or held or waiting:
             log.info(
                 "recovered",

@@ -2,12 +2,14 @@
 
 The event is persisted before the answer (202 with its id, fast: senders time out in
 seconds). A redelivery answers 200 with the same id. Deduplication is on the sender's
-delivery id (webhook-id, X-GitHub-Delivery, the Stripe event id) or an explicit
-Idempotency-Key, never on a hash of the body: two real deliveries may carry the same body.
+delivery id (webhook-id, X-GitHub-Delivery, the Stripe event id), or an Idempotency-Key
+where the sender has none; never on a hash of the body: two real deliveries may carry the
+same body.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -46,7 +48,9 @@ async def receive(request: Request) -> Response:
         raise await _reject(engine, name, error) from None
     if webhook.scheme == "stripe":
         delivery = payload.get("id") if isinstance(payload.get("id"), str) else None
-    dedup = request.headers.get("idempotency-key") or delivery
+    # A signed delivery id wins: an unsigned Idempotency-Key must not turn a replayed signed
+    # request into a new event. The header serves senders that have no delivery id.
+    dedup = delivery or request.headers.get("idempotency-key")
     fired = await engine.fire(name, payload, dedup_key=dedup, source=f"webhook:{webhook.scheme}")
     body_out = {"event_id": fired.event_id, "run_id": fired.run_id, "duplicate": fired.duplicate}
     return JSONResponse(body_out, status_code=200 if fired.duplicate else 202)
@@ -71,17 +75,21 @@ def _verify(webhook: WebhookSpec, request: Request, body: bytes, now: float) -> 
 def _payload(webhook: WebhookSpec, payload: dict[str, Any]) -> dict[str, Any]:
     if webhook.payload_model is None:
         return payload
-    module, _, name = webhook.payload_model.partition(":")
-    model = getattr(importlib.import_module(module), name)
+    adapter = _adapter(webhook.payload_model)
     try:
-        checked: dict[str, Any] = pydantic.TypeAdapter(model).dump_python(
-            pydantic.TypeAdapter(model).validate_python(payload), mode="json"
-        )
+        checked: dict[str, Any] = adapter.dump_python(adapter.validate_python(payload), mode="json")
     except pydantic.ValidationError as error:
         problem = error.errors()[0]
         where = ".".join(str(part) for part in problem["loc"]) or "body"
         raise HttpError(422, "invalid_payload", f"{where}: {problem['msg']}") from None
     return checked
+
+
+@functools.cache
+def _adapter(path: str) -> pydantic.TypeAdapter[Any]:
+    """The payload model's validator, built once per model."""
+    module, _, name = path.partition(":")
+    return pydantic.TypeAdapter(getattr(importlib.import_module(module), name))
 
 
 async def _reject(engine: Engine, trigger: str, error: HttpError) -> HttpError:

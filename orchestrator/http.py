@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ def error_response(
 async def read_body(request: Request, limit: int = DEFAULT_BODY_LIMIT) -> bytes:
     """The raw body, refusing (413) as soon as it passes `limit` bytes, before buffering it all."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and re.fullmatch(r"[0-9]{1,18}", declared) and int(declared) > limit:
         raise HttpError(413, "body_too_large", f"the body is over the limit of {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():

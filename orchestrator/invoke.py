@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pydantic
@@ -95,8 +96,8 @@ class Context:
     upstream: Mapping[str, Upstream]
     http: httpx.AsyncClient
     log: Any
-    callback_url: str = ""
-    callback_secret: str = ""
+    callback_url: str = field(default="", repr=False)  # a capability: kept out of reprs and logs
+    callback_secret: str = field(default="", repr=False)
     service: ServiceSpec | None = None
 
     @property
@@ -123,6 +124,7 @@ class Context:
         another 4xx raises HandoffRefused, which fails the attempt.
         """
         target = url or (self.service.url if self.service else None)
+        shown = _redacted(target) if target else ""
         if not target:
             raise HandoffRefused("no URL: pass one, or give the step a service with a url")
         headers = {"Idempotency-Key": self.idempotency_key, **kwargs.pop("headers", {})}
@@ -131,11 +133,11 @@ class Context:
                 method, target, headers=headers, follow_redirects=False, **kwargs
             )
         except httpx.TransportError as error:
-            raise DispatchError(f"{method} {target}: {type(error).__name__}: {error}") from None
+            raise DispatchError(f"{method} {shown}: {type(error).__name__}: {error}") from None
         status = response.status_code
         if status == 429 or status >= 500:
             raise DispatchError(
-                f"{method} {target} answered {status}", retry_after_seconds(response)
+                f"{method} {shown} answered {status}", retry_after_seconds(response)
             )
         if status >= 300:
             detail = (
@@ -144,9 +146,17 @@ class Context:
                 else ""
             )
             raise HandoffRefused(
-                f"{method} {target} answered {status}{detail} (redirects are not followed)"
+                f"{method} {shown} answered {status}{detail} (redirects are not followed)"
             )
         return response
+
+
+def _redacted(url: str) -> str:
+    """The URL without credentials or query string, fit for history and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class HandoffRefused(Exception):

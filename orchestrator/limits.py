@@ -38,7 +38,9 @@ class Admission(Generic[T]):
     def __init__(self) -> None:
         self._lanes: dict[Hashable, _Lane[T]] = {}
         self._busy_resources: dict[str, int] = {}
-        self._admitted: dict[str, Hashable] = {}
+        # What each admitted item holds, as admitted: a lane's limits may change (a config
+        # edit between runs) while items admitted under the old ones are still in flight.
+        self._admitted: dict[str, tuple[Hashable, str | None]] = {}
 
     def offer(self, lane: Hashable, limits: LaneLimits, item_id: str, item: T) -> None:
         """Queue `item` on `lane`; the lane takes the limits of its latest offer."""
@@ -73,13 +75,13 @@ class Admission(Generic[T]):
 
     def release(self, item_id: str) -> bool:
         """Free the slots of an admitted item; False if it holds none (already released)."""
-        key = self._admitted.pop(item_id, None)
-        if key is None:
+        held = self._admitted.pop(item_id, None)
+        if held is None:
             return False
-        lane = self._lanes[key]
-        lane.in_flight -= 1
-        if lane.limits.resource is not None:
-            self._busy_resources[lane.limits.resource] -= 1
+        key, resource = held
+        self._lanes[key].in_flight -= 1
+        if resource is not None:
+            self._busy_resources[resource] -= 1
         self._drop_idle_lanes()
         return True
 
@@ -111,7 +113,7 @@ class Admission(Generic[T]):
             self._busy_resources[resource] = self._busy_resources.get(resource, 0) + 1
         if lane.limits.rate is not None:
             lane.starts.append(now)
-        self._admitted[item_id] = key
+        self._admitted[item_id] = (key, lane.limits.resource)
 
     def _drop_idle_lanes(self) -> None:
         idle = [

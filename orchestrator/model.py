@@ -25,6 +25,7 @@ from orchestrator.durations import Duration, parse_duration
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 HANDLER_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+MIN_SECRET_BYTES = 16
 
 
 class Spec(BaseModel):
@@ -221,11 +222,13 @@ def _resolve_secret(value: object) -> object:
         value = os.environ[name]
     if isinstance(value, str):
         try:
-            base64.b64decode(value.removeprefix("whsec_"), validate=True)
+            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
         except (binascii.Error, ValueError):
             raise ValueError(
                 "a webhook secret must be base64, optionally prefixed whsec_"
             ) from None
+        if len(key) < MIN_SECRET_BYTES:
+            raise ValueError(f"a webhook secret must hold at least {MIN_SECRET_BYTES} bytes of key")
     return value
 
 
@@ -263,7 +266,10 @@ def _resolve_plain_secret(value: object) -> object:
         name = value.removeprefix("env:")
         if name not in os.environ:
             raise ValueError(f"environment variable {name} is not set")
-        return os.environ[name]
+        value = os.environ[name]
+    if isinstance(value, str) and len(value) < MIN_SECRET_BYTES:
+        # An empty key would let anyone sign; a short one can be guessed.
+        raise ValueError(f"a webhook secret must be at least {MIN_SECRET_BYTES} characters")
     return value
 
 

@@ -43,7 +43,8 @@ class Task:
     `due_at` is the not-before time of a pending task (retry backoff) or the deadline of a
     dispatched one; a timer-heap entry mirrors it. `awaiting` marks a dispatched task that
     was handed off to an external service and waits for its callback; `dispatch_tries`
-    counts failed hand-offs of the current attempt.
+    counts failed hand-offs of the current attempt; `wait_window` is how far each heartbeat
+    pushes the deadline of a task awaiting its callback.
     """
 
     id: str
@@ -60,6 +61,7 @@ class Task:
     error: str | None = None
     awaiting: bool = False
     dispatch_tries: int = 0
+    wait_window: float | None = None
 
     def replace(self, **changes: Any) -> Self:
         return replace(self, **changes)

@@ -66,11 +66,24 @@ class CronScheduler:
         (instant,) = fires_after(schedule_of(self.triggers[name]), after, 1)
 
         async def fire() -> None:
-            await self.fire(name, instant)
-            self.arm(name, instant)
+            try:
+                await self.fire(name, instant)
+                await self._catch_up(name, instant)
+            finally:
+                self.arm(name, max(instant, self.now()))
 
         self.engine.timers.schedule(("cron", name), instant.timestamp(), fire)
         return instant
+
+    async def _catch_up(self, name: str, fired: datetime) -> None:
+        """If the clock jumped (a paused VM, a stalled loop), treat what was skipped as misfires."""
+        trigger = self.triggers[name]
+        missed = misfires(
+            schedule_of(trigger), fired, self.now(), trigger.misfire,
+            timedelta(seconds=trigger.misfire_grace),
+        )  # fmt: skip
+        for instant in missed:
+            await self.fire(name, instant, late=True)
 
     async def fire(self, name: str, instant: datetime, late: bool = False) -> None:
         """Fire one scheduled instant; the store's unique dedup key makes it once, ever."""

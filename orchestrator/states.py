@@ -5,9 +5,11 @@ Rules:
 * A task moves only along TASK_TRANSITIONS. Finished states (succeeded, failed, timed_out,
   cancelled) never change, except that an operator retry returns failed, timed_out or
   cancelled to pending with attempt + 1.
-* A report (succeeded / failed / timed_out) counts only for the attempt that is in flight
-  (state dispatched, same attempt number). Anything else is ignored with a reason: the
-  caller records it in history and changes nothing.
+* A report (succeeded / failed / timed_out) counts only for the current attempt while it is
+  dispatched. A succeeded or failed report also counts while that attempt is pending again
+  after a hand-off whose outcome was in doubt (a timeout may mean the service did get the
+  job and calls back). Anything else is ignored with a reason: the caller records it in
+  history and changes nothing.
 * A failed or timed-out attempt with attempts left goes back to pending with attempt + 1
   and a not-before time from exponential backoff with full jitter; it does not reach the
   barrier. The last attempt's failure is final and does.
@@ -54,6 +56,8 @@ class TaskMove(StrEnum):
 TASK_TRANSITIONS: dict[tuple[TaskState, TaskMove], TaskState] = {
     (TaskState.PENDING, TaskMove.DISPATCH): TaskState.DISPATCHED,
     (TaskState.PENDING, TaskMove.CANCEL): TaskState.CANCELLED,
+    (TaskState.PENDING, TaskMove.SUCCEED): TaskState.SUCCEEDED,
+    (TaskState.PENDING, TaskMove.FAIL): TaskState.FAILED,
     (TaskState.DISPATCHED, TaskMove.REQUEUE): TaskState.PENDING,
     (TaskState.DISPATCHED, TaskMove.SUCCEED): TaskState.SUCCEEDED,
     (TaskState.DISPATCHED, TaskMove.FAIL): TaskState.FAILED,
@@ -139,7 +143,7 @@ def decide_report(
         return Ignore(f"task already {state}")
     if reported_attempt != attempt:
         return Ignore(f"report for attempt {reported_attempt}, task is on attempt {attempt}")
-    if state is not TaskState.DISPATCHED:
+    if (state, OUTCOME_MOVES[outcome]) not in TASK_TRANSITIONS:
         return Ignore(f"task is {state}, not dispatched")
     finished = next_task_state(state, OUTCOME_MOVES[outcome])
     if outcome is Outcome.SUCCEEDED or attempt >= policy.max_attempts:

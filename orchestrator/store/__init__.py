@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.store.base import Page, Store, StoreTx, StoreUnavailable, Unfinished
-from orchestrator.store.sqlite import SqliteStore
+from orchestrator.store.sqlite import SqliteStore, sqlite_path
 
 __all__ = [
     "Page",
@@ -16,9 +16,9 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, synchronous: str = "FULL") -> Store:
     """The store for a database URL (not yet opened); ValueError names an unknown scheme."""
     if url.startswith("sqlite:"):
-        return SqliteStore.from_url(url)
+        return SqliteStore(sqlite_path(url), synchronous=synchronous)
     scheme = url.split(":", 1)[0]
     raise ValueError(f"unsupported database URL scheme {scheme!r}: expected sqlite:///PATH")

@@ -93,6 +93,7 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tasks ADD COLUMN awaiting INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN dispatch_tries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN wait_window REAL;
     CREATE TABLE callback_tokens (
         token_hash TEXT PRIMARY KEY,
         task_id TEXT NOT NULL REFERENCES tasks (id),
@@ -135,15 +136,15 @@ UPDATE_BARRIER = """
 """
 INSERT_TASK = """
     INSERT INTO tasks (id, run_id, step, item_key, item, state, attempt, due_at, started_at,
-                       finished_at, output, error, awaiting, dispatch_tries)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       finished_at, output, error, awaiting, dispatch_tries, wait_window)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 SELECT_TASK = "SELECT * FROM tasks WHERE id = ?"
 SELECT_TASKS_OF_RUN = "SELECT * FROM tasks WHERE run_id = ? ORDER BY rowid"
 SELECT_TASKS_OF_STEP = "SELECT * FROM tasks WHERE run_id = ? AND step = ? ORDER BY rowid"
 UPDATE_TASK = """
     UPDATE tasks SET state = ?, attempt = ?, due_at = ?, started_at = ?, finished_at = ?,
-                     output = ?, error = ?, awaiting = ?, dispatch_tries = ?
+                     output = ?, error = ?, awaiting = ?, dispatch_tries = ?, wait_window = ?
     WHERE id = ? AND state = ? AND attempt = ?
 """
 INSERT_CAPABILITY = """
@@ -239,6 +240,7 @@ def task_from_row(row: sqlite3.Row) -> Task:
         error=row["error"],
         awaiting=bool(row["awaiting"]),
         dispatch_tries=row["dispatch_tries"],
+        wait_window=row["wait_window"],
     )
 
 
@@ -266,6 +268,7 @@ def _task_params(task: Task) -> tuple[Any, ...]:
         task.error,
         int(task.awaiting),
         task.dispatch_tries,
+        task.wait_window,
     )
 
 

@@ -409,3 +409,28 @@ async def test_secrets_never_appear_in_history_or_answers(
     for secret in (SERVICE_SECRET, ROTATED_SECRET, ctx.callback_secret):
         key = secret.removeprefix("whsec_")
         assert all(key not in text for text in [*answers, entries])
+
+
+async def test_callback_for_an_attempt_pending_after_a_doubtful_hand_off_is_accepted(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """A hand-off that timed out may still have reached the service: its callback completes the
+    task while it waits to be re-dispatched, and the re-dispatch then does nothing."""
+    handlers.STATE.dispatch_failures = 1
+    handlers.STATE.retry_after = 3600.0
+    engine = engine_of(app)
+    with engine.bus.subscribe() as subscription:
+        fired = await engine.fire("flaky", {"items": [0]})
+        assert fired.run_id is not None
+        async with asyncio.timeout(5):
+            async for entry in subscription:
+                if entry.type == "task_dispatch_failed":
+                    break
+        ctx = handlers.STATE.doubtful["0"]
+        response = await call_back(client, ctx)
+        finished = await wait_for_end(subscription, fired.run_id)
+    assert (response.status_code, response.json()["status"]) == (200, "accepted")
+    assert finished.status == "succeeded"
+    (task,) = await engine.store.tasks_of_run(fired.run_id)
+    assert (task.state, task.attempt) == (TaskState.SUCCEEDED, 1)
+    assert engine.timers.due_of(("task", task.id)) is None, "the queued re-dispatch was dropped"

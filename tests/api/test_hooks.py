@@ -44,7 +44,10 @@ def settings_for(tmp_path: Path) -> Settings:
                 },
                 "stripe_events": {
                     "workflow": "wf",
-                    "webhook": {"scheme": "stripe", "secrets": ["whsec_old", STRIPE_SECRET]},
+                    "webhook": {
+                        "scheme": "stripe",
+                        "secrets": ["whsec_previous_rotated_secret", STRIPE_SECRET],
+                    },
                 },
                 "standard": {
                     "workflow": "wf",
@@ -149,17 +152,29 @@ async def test_stale_stripe_signature_is_refused(client: httpx.AsyncClient) -> N
     assert response.status_code == 401
 
 
-async def test_standard_webhooks_and_idempotency_key(client: httpx.AsyncClient) -> None:
-    """Standard Webhooks dedup on webhook-id; an explicit Idempotency-Key wins over it."""
+async def test_standard_webhooks_dedup_on_the_signed_id_not_on_a_header(
+    client: httpx.AsyncClient,
+) -> None:
+    """Standard Webhooks dedup on webhook-id; an added Idempotency-Key cannot make a replay new."""
     body = b'{"hello": "world"}'
     headers = sign_headers(STANDARD_SECRET, body, message_id="msg-1")
     first = await client.post("/hooks/standard", content=body, headers=headers)
     again = await client.post("/hooks/standard", content=body, headers=headers)
+    replay = await client.post(
+        "/hooks/standard", content=body, headers={**headers, "Idempotency-Key": "new"}
+    )
+    assert (first.status_code, again.status_code, replay.status_code) == (202, 200, 200)
+
+
+async def test_idempotency_key_dedups_a_sender_without_delivery_ids(
+    client: httpx.AsyncClient,
+) -> None:
+    """Where the sender has no delivery id, an Idempotency-Key makes a retry the same event."""
+    headers = {"Idempotency-Key": "order-7"}
+    first = await client.post("/hooks/open", json={"n": 1}, headers=headers)
+    again = await client.post("/hooks/open", json={"n": 1}, headers=headers)
     assert (first.status_code, again.status_code) == (202, 200)
-    keyed = {**sign_headers(STANDARD_SECRET, body, message_id="msg-2"), "Idempotency-Key": "k"}
-    assert (await client.post("/hooks/standard", content=body, headers=keyed)).status_code == 202
-    keyed = {**sign_headers(STANDARD_SECRET, body, message_id="msg-3"), "Idempotency-Key": "k"}
-    assert (await client.post("/hooks/standard", content=body, headers=keyed)).status_code == 200
+    assert again.json()["event_id"] == first.json()["event_id"]
 
 
 async def test_unsigned_trigger_accepts_when_configured_so(client: httpx.AsyncClient) -> None:

@@ -25,6 +25,8 @@ class State:
         self.handed_off: dict[str, Context] = {}
         self.before_return: Any = None
         self.dispatch_failures = 0
+        self.retry_after = 0.01
+        self.doubtful: dict[str, Context] = {}
 
 
 STATE = State()
@@ -132,7 +134,8 @@ async def hand_off_after_failures(ctx: Context, item: Any) -> AwaitCallback[Any]
     """The first STATE.dispatch_failures hand-offs do not get through."""
     if STATE.dispatch_failures > 0:
         STATE.dispatch_failures -= 1
-        raise DispatchError("connection refused", retry_after=0.01)
+        STATE.doubtful[ctx.item_key] = ctx  # the service may have got it after all
+        raise DispatchError("read timeout", retry_after=STATE.retry_after)
     STATE.handed_off[ctx.item_key] = ctx
     return ctx.await_callback()
 

@@ -422,3 +422,36 @@ async def test_restart_requeues_interrupted_attempts_and_finishes_the_run(
     run = await store.get_run(fired.run_id)
     assert run is not None
     assert run.status is RunState.SUCCEEDED
+
+
+async def test_the_same_dedup_key_on_two_workflows_is_two_events(make_engine: MakeEngine) -> None:
+    """Workflows fired by hand deduplicate per workflow, not across all of them."""
+    engine = make_engine(
+        {"a": workflow(one={"handler": "single"}), "b": workflow(one={"handler": "single"})}
+    )
+    first = await engine.fire("a", dedup_key="k1")
+    second = await engine.fire("b", dedup_key="k1")
+    assert not second.duplicate
+    assert first.event_id != second.event_id
+
+
+async def test_restart_keeps_exclusive_limits_for_tasks_awaiting_callbacks(
+    store: SqliteStore, make_engine: MakeEngine
+) -> None:
+    """After a restart, a task still awaiting its callback holds its exclusive resource first."""
+    spec = {
+        "wf": workflow(crm={"handler": "hand_off", "for_each": "event.items", "exclusive": "crm"})
+    }
+    first = make_engine(spec)
+    with first.bus.subscribe() as subscription:
+        await first.fire("wf", {"items": [0, 1]})
+        async with asyncio.timeout(5):
+            async for entry in subscription:
+                if entry.type == "task_awaiting_callback":
+                    break
+    await first.close()
+    second = make_engine(spec)
+    assert await second.recover() == 2
+    admission = second.dispatcher._admission
+    assert admission.in_flight(("wf", "crm")) == 1, "only the awaiting task holds crm"
+    assert admission.waiting() == 1, "the pending one waits for it"

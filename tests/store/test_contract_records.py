@@ -233,6 +233,7 @@ async def test_task_fields_round_trip(store: Store) -> None:
         error="HTTP 502 from crm",
         awaiting=True,
         dispatch_tries=2,
+        wait_window=45.0,
     )
     # A field added to Task must be added here too, so that the store is seen to keep it.
     defaults = {f.name: f.default for f in fields(Task) if f.default is not MISSING}

@@ -486,17 +486,20 @@ def test_an_unset_env_secret_is_refused_by_name(monkeypatch):
 
 def test_a_standard_webhook_secret_must_be_base64(monkeypatch):
     """The standard scheme refuses a secret that is not base64, given inline or through env:."""
-    monkeypatch.setenv("ORCH_TEST_STANDARD_SECRET", "not base64!")
-    for secret in ["not base64!", "env:ORCH_TEST_STANDARD_SECRET"]:
+    monkeypatch.setenv("ORCH_TEST_STANDARD_SECRET", "not base64 at all, sorry!")
+    for secret in ["not base64 at all, sorry!", "env:ORCH_TEST_STANDARD_SECRET"]:
         with pytest.raises(ValidationError, match="must be base64"):
             TriggerSpec.model_validate(
                 {"workflow": "w", "webhook": {"scheme": "standard", "secret": secret}}
             )
     accepted = TriggerSpec.model_validate(
-        {"workflow": "w", "webhook": {"scheme": "standard", "secret": "whsec_AAECAwQ="}}
+        {
+            "workflow": "w",
+            "webhook": {"scheme": "standard", "secret": "whsec_AAECAwQFBgcICQoLDA0ODw=="},
+        }
     )
     assert accepted.webhook is not None
-    assert accepted.webhook.secret_values() == ["whsec_AAECAwQ="]
+    assert accepted.webhook.secret_values() == ["whsec_AAECAwQFBgcICQoLDA0ODw=="]
 
 
 def test_secret_and_secrets_together_are_refused():
@@ -511,7 +514,7 @@ def test_secret_and_secrets_together_are_refused():
     ("config", "kind"),
     [
         ({"cron": "@hourly"}, "cron"),
-        ({"webhook": {"scheme": "github", "secret": "s"}}, "webhook"),
+        ({"webhook": {"scheme": "github", "secret": "a-long-enough-secret"}}, "webhook"),
         ({}, "manual"),
     ],
 )
@@ -651,3 +654,21 @@ def test_zero_or_negative_limit_returns_nothing() -> None:
     schedule = Schedule("@hourly", ZoneInfo("UTC"))
     assert fires_after(schedule, datetime(2026, 1, 1, tzinfo=UTC), 0) == []
     assert fires_after(schedule, datetime(2026, 1, 1, tzinfo=UTC), -1) == []
+
+
+@pytest.mark.parametrize(
+    ("scheme", "secret"),
+    [
+        ("github", ""),
+        ("github", "short"),
+        ("stripe", "whsec_x"),
+        ("standard", "whsec_"),
+        ("standard", "whsec_AAECAwQ="),
+    ],
+)
+def test_empty_or_short_webhook_secrets_are_refused(scheme: str, secret: str) -> None:
+    """An empty key would let anyone sign, and a short one can be guessed: both are refused."""
+    with pytest.raises(ValidationError, match="at least 16"):
+        TriggerSpec.model_validate(
+            {"workflow": "w", "webhook": {"scheme": scheme, "secret": secret}}
+        )

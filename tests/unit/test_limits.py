@@ -193,3 +193,16 @@ def test_release_of_unknown_id_is_false() -> None:
 def test_in_flight_of_unknown_lane_is_zero() -> None:
     """A lane never offered to has nothing in flight."""
     assert Admission[str]().in_flight("nowhere") == 0
+
+
+def test_release_frees_what_was_held_even_if_the_lane_changed_its_limits() -> None:
+    """An item admitted under `exclusive` frees that resource even after its lane lost the limit."""
+    admission: Admission[str] = Admission()
+    admission.offer("lane", LaneLimits(resource="crm"), "a", "a")
+    assert admission.take(0.0)[0] == ["a"]
+    admission.offer("lane", LaneLimits(), "b", "b")  # a run fired after a config edit
+    assert admission.take(0.0)[0] == ["b"]
+    assert admission.release("a")
+    assert admission.release("b")
+    admission.offer("other", LaneLimits(resource="crm"), "c", "c")
+    assert admission.take(0.0)[0] == ["c"], "crm is free again"

@@ -39,6 +39,8 @@ def seeded(seed: int) -> random.Random:
 LEGAL_TASK_MOVES = {
     (TaskState.PENDING, TaskMove.DISPATCH): TaskState.DISPATCHED,
     (TaskState.PENDING, TaskMove.CANCEL): TaskState.CANCELLED,
+    (TaskState.PENDING, TaskMove.SUCCEED): TaskState.SUCCEEDED,
+    (TaskState.PENDING, TaskMove.FAIL): TaskState.FAILED,
     (TaskState.DISPATCHED, TaskMove.REQUEUE): TaskState.PENDING,
     (TaskState.DISPATCHED, TaskMove.SUCCEED): TaskState.SUCCEEDED,
     (TaskState.DISPATCHED, TaskMove.FAIL): TaskState.FAILED,
@@ -215,12 +217,24 @@ def test_finished_task_ignores_reports(state: TaskState, outcome: Outcome) -> No
     assert str(state) in decision.reason
 
 
-@pytest.mark.parametrize("outcome", list(Outcome))
-def test_pending_task_ignores_reports(outcome: Outcome) -> None:
-    """A pending task (not yet dispatched) ignores a report even for its own attempt."""
-    decision = decide(TaskState.PENDING, 2, 2, outcome)
+def test_pending_task_ignores_a_timeout() -> None:
+    """A pending task has no deadline running, so a timeout report for it is ignored."""
+    decision = decide(TaskState.PENDING, 2, 2, Outcome.TIMED_OUT)
     assert isinstance(decision, Ignore)
     assert "pending" in decision.reason
+
+
+@pytest.mark.parametrize("outcome", [Outcome.SUCCEEDED, Outcome.FAILED])
+def test_pending_attempt_accepts_its_own_result(outcome: Outcome) -> None:
+    """A result for the current attempt counts while it waits to be re-dispatched (hand-off in doubt)."""
+    decision = decide(TaskState.PENDING, 2, 2, outcome)
+    assert not isinstance(decision, Ignore)
+
+
+@pytest.mark.parametrize("outcome", [Outcome.SUCCEEDED, Outcome.FAILED])
+def test_pending_task_ignores_another_attempts_result(outcome: Outcome) -> None:
+    """A pending task still ignores a result for an attempt it is not on."""
+    assert isinstance(decide(TaskState.PENDING, 2, 1, outcome), Ignore)
 
 
 # --- backoff ------------------------------------------------------------------------------------
