@@ -235,16 +235,10 @@ def _resolve_secret(value: object) -> object:
 WebhookSecret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
 
 
-class ServiceSpec(Spec):
-    """An external service: where to reach it and the secrets its callbacks are signed with.
+class SignedBy(Spec):
+    """Base of specs that hold signing secrets: `secret` is shorthand for one-item `secrets`."""
 
-    `secret` takes one secret, `secrets` several (during a rotation, old and new); either may
-    be written `env:NAME` to read it from the environment.
-    """
-
-    url: str | None = None
-    description: str = ""
-    secrets: tuple[WebhookSecret, ...] = ()
+    secrets: tuple[SecretStr, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -258,6 +252,18 @@ class ServiceSpec(Spec):
 
     def secret_values(self) -> list[str]:
         return [secret.get_secret_value() for secret in self.secrets]
+
+
+class ServiceSpec(SignedBy):
+    """An external service: where to reach it and the secrets its callbacks are signed with.
+
+    `secret` takes one secret, `secrets` several (during a rotation, old and new); either may
+    be written `env:NAME` to read it from the environment.
+    """
+
+    url: str | None = None
+    description: str = ""
+    secrets: tuple[WebhookSecret, ...] = ()
 
 
 def _resolve_plain_secret(value: object) -> object:
@@ -276,7 +282,7 @@ def _resolve_plain_secret(value: object) -> object:
 PlainSecret = Annotated[SecretStr, BeforeValidator(_resolve_plain_secret)]
 
 
-class WebhookSpec(Spec):
+class WebhookSpec(SignedBy):
     """How an inbound webhook trigger checks who sent it.
 
     `standard` (Standard Webhooks), `github` (X-Hub-Signature-256) or `stripe`
@@ -288,16 +294,6 @@ class WebhookSpec(Spec):
     tolerance: Duration = 300.0
     payload_model: str | None = Field(default=None, pattern=HANDLER_PATTERN)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_secret(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "secret" in data:
-            data = dict(data)
-            if "secrets" in data:
-                raise ValueError("set either secret or secrets, not both")
-            data["secrets"] = [data.pop("secret")]
-        return data
-
     @model_validator(mode="after")
     def _needs_a_secret(self) -> Self:
         if self.scheme != "none" and not self.secrets:
@@ -306,9 +302,6 @@ class WebhookSpec(Spec):
             for secret in self.secrets:
                 _resolve_secret(secret.get_secret_value())
         return self
-
-    def secret_values(self) -> list[str]:
-        return [secret.get_secret_value() for secret in self.secrets]
 
 
 def _zone(value: object) -> object:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -10,8 +9,8 @@ import pytest
 from starlette.applications import Starlette
 
 from orchestrator.app import create_app
-from orchestrator.engine import Engine
 from orchestrator.settings import Settings
+from tests.api.conftest import engine_of
 from tests.engine.conftest import H, wait_for_end
 
 TOKEN = "test-token"
@@ -35,25 +34,6 @@ def settings_for(tmp_path: Path, admin_token: str | None = f"{TOKEN},rotated-tok
             "triggers": {"t": {"workflow": "wf", "payload": {"items": [1, 2]}}},
         }
     )
-
-
-@pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[Starlette]:
-    app = create_app(settings_for(tmp_path))
-    async with app.router.lifespan_context(app):
-        yield app
-
-
-@pytest.fixture
-async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        yield client
-
-
-def engine_of(app: Starlette) -> Engine:
-    engine: Engine = app.state.engine
-    return engine
 
 
 async def fire_and_finish(app: Starlette, client: httpx.AsyncClient, name: str = "t") -> str:

@@ -14,14 +14,13 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from orchestrator.app import create_app
-from orchestrator.engine import Engine
 from orchestrator.invoke import Context
 from orchestrator.records import HistoryEntry
 from orchestrator.settings import Settings
 from orchestrator.signing import new_secret, sign_headers
 from orchestrator.states import TaskState
 from orchestrator.store import StoreUnavailable
+from tests.api.conftest import engine_of
 from tests.engine import handlers
 from tests.engine.conftest import H, wait_for_end
 
@@ -57,25 +56,6 @@ def settings_for(tmp_path: Path) -> Settings:
             },
         }
     )
-
-
-@pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[Starlette]:
-    app = create_app(settings_for(tmp_path))
-    async with app.router.lifespan_context(app):
-        yield app
-
-
-@pytest.fixture
-async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        yield client
-
-
-def engine_of(app: Starlette) -> Engine:
-    engine: Engine = app.state.engine
-    return engine
 
 
 async def handed_off(app: Starlette, workflow: str, items: int = 1) -> tuple[str, list[Context]]:

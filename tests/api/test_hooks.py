@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -14,10 +13,9 @@ import pytest
 import stripe
 from starlette.applications import Starlette
 
-from orchestrator.app import create_app
-from orchestrator.engine import Engine
 from orchestrator.settings import Settings
 from orchestrator.signing import new_secret, sign_headers
+from tests.api.conftest import engine_of
 from tests.engine.conftest import H
 
 GITHUB_SECRET = "It's a Secret to Everybody"
@@ -58,25 +56,6 @@ def settings_for(tmp_path: Path) -> Settings:
             },
         }
     )
-
-
-@pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[Starlette]:
-    app = create_app(settings_for(tmp_path))
-    async with app.router.lifespan_context(app):
-        yield app
-
-
-@pytest.fixture
-async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        yield client
-
-
-def engine_of(app: Starlette) -> Engine:
-    engine: Engine = app.state.engine
-    return engine
 
 
 def github_headers(
