@@ -20,6 +20,7 @@ import structlog
 log = structlog.get_logger("orchestrator.timers")
 
 TimerCallback = Callable[[], Awaitable[None]]
+COMPACT_AFTER = 1024
 
 
 class Clock(Protocol):
@@ -48,6 +49,7 @@ class TimerHeap:
         self._armed_due: float | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._stale = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -58,17 +60,30 @@ class TimerHeap:
 
     def schedule(self, key: Hashable, due: float, callback: TimerCallback) -> None:
         """Run `callback` at `due` (epoch seconds), replacing any entry under `key`."""
+        self._schedule_only(key, due, callback)
+        if self._armed_due is None or due < self._armed_due:
+            self._arm()
+
+    def _schedule_only(self, key: Hashable, due: float, callback: TimerCallback) -> None:
+        """Put the entry on the heap without arming the loop (pure bookkeeping)."""
         self.cancel(key)
         entry = _Entry(due, next(self._seq), key, callback)
         self._entries[key] = entry
         heapq.heappush(self._heap, entry)
-        if self._armed_due is None or due < self._armed_due:
-            self._arm()
 
     def cancel(self, key: Hashable) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             entry.live = False
+            self._stale += 1
+            if self._stale > COMPACT_AFTER and self._stale > len(self._entries):
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop cancelled entries once they outnumber live ones (heartbeats reschedule often)."""
+        self._heap = [entry for entry in self._heap if entry.live]
+        heapq.heapify(self._heap)
+        self._stale = 0
 
     def pop_due(self, now: float) -> list[tuple[Hashable, TimerCallback]]:
         """Remove and return the live entries due at `now`, earliest first."""
@@ -78,6 +93,8 @@ class TimerHeap:
             if entry.live:
                 del self._entries[entry.key]
                 due.append((entry.key, entry.callback))
+            else:
+                self._stale -= 1
         return due
 
     def _arm(self) -> None:
@@ -86,6 +103,7 @@ class TimerHeap:
             self._armed = self._armed_due = None
         while self._heap and not self._heap[0].live:
             heapq.heappop(self._heap)
+            self._stale -= 1
         if self._closed or not self._heap:
             return
         loop = asyncio.get_running_loop()
