@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from orchestrator.barrier import Barrier
 from orchestrator.cron import fires_after
-from orchestrator.engine import Engine, UnknownTarget
+from orchestrator.engine import Engine, RunStateError, UnknownTarget
 from orchestrator.http import HttpError, parse_json_object, read_body
 from orchestrator.model import TriggerSpec
 from orchestrator.records import HistoryEntry, Run, Task
@@ -90,6 +90,30 @@ async def cancel_run(request: Request) -> Response:
     if not changed:
         raise HttpError(409, "run_not_running", "only a running run can be cancelled")
     return JSONResponse({"run_id": request.path_params["run_id"], "status": "cancelled"})
+
+
+async def retry_run(request: Request) -> Response:
+    """Re-run the failed, timed-out and cancelled tasks of a failed or cancelled run."""
+    run_id = request.path_params["run_id"]
+    try:
+        retried = await _engine(request).retry_run(run_id)
+    except LookupError as error:
+        raise HttpError(404, "unknown_run", str(error)) from None
+    except RunStateError as error:
+        raise HttpError(409, "run_not_retryable", str(error)) from None
+    return JSONResponse({"run_id": run_id, "status": "running", "retried_tasks": retried})
+
+
+async def replay_event(request: Request) -> Response:
+    """Start a new run from a stored event (refused while one of its runs is active)."""
+    force = request.query_params.get("force", "false").lower() in ("1", "true", "yes")
+    try:
+        fired = await _engine(request).replay(request.path_params["event_id"], force=force)
+    except LookupError as error:
+        raise HttpError(404, "unknown_event", str(error)) from None
+    except RunStateError as error:
+        raise HttpError(409, "event_run_active", str(error)) from None
+    return JSONResponse({"event_id": fired.event_id, "run_id": fired.run_id}, status_code=202)
 
 
 async def list_events(request: Request) -> Response:
@@ -287,6 +311,8 @@ routes = [
     Route("/runs", list_runs, methods=["GET"]),
     Route("/runs/{run_id}", show_run, methods=["GET"]),
     Route("/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+    Route("/runs/{run_id}/retry", retry_run, methods=["POST"]),
+    Route("/events/{event_id}/replay", replay_event, methods=["POST"]),
     Route("/events", list_events, methods=["GET"]),
     Route("/events/stream", stream_events, methods=["GET"]),
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator import barrier as barriers
@@ -27,11 +27,15 @@ from orchestrator.states import (
     RunMove,
     RunState,
     Settle,
+    TaskMove,
     TaskState,
     decide_report,
     next_run_state,
+    next_task_state,
 )
 from orchestrator.store import StoreTx
+
+RETRYABLE = frozenset({TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED})
 
 
 class FanOutError(ValueError):
@@ -217,6 +221,60 @@ class Advance:
                     self.outbox.cleared_deadlines.append((run.id, barrier.step))
         self.outbox.note(f"run_{new.value}", self.now, run.id, workflow=run.workflow, reason=reason)
         return True
+
+    async def retry_run(self, run: Run, reason: str) -> int:
+        """Re-run what did not succeed in a failed or cancelled run; succeeded work is kept.
+
+        Every failed, timed-out or cancelled task of a step whose barrier has not opened goes
+        back to pending with attempt + 1 (so a new callback token: the old attempt's late
+        callback is answered 410). Failed barriers wait again with their successes counted;
+        steps never started start when their needs open, as always.
+        """
+        running = next_run_state(run.status, RunMove.RETRY)
+        if not await self.tx.set_run_status(run.id, run.status, running, None):
+            return 0
+        spec = self.spec_of(run)
+        tasks = await self.tx.tasks_of_run(run.id)
+        retried = 0
+        for barrier in await self.tx.barriers_of_run(run.id):
+            if barrier.status is BarrierStatus.OPEN:
+                continue
+            step = spec.steps[barrier.step]
+            own = [task for task in tasks if task.step == barrier.step]
+            reset = replace(
+                barrier,
+                status=BarrierStatus.WAITING,
+                succeeded=sum(task.state is TaskState.SUCCEEDED for task in own),
+                failed=0,
+                decided_at=None,
+                reason=None,
+                deadline_at=None if step.deadline is None else self.now + step.deadline,
+            )
+            await self.tx.save_barrier(reset, barrier.status)
+            if reset.deadline_at is not None:
+                self.outbox.deadlines.append(reset)
+            for task in own:
+                if task.state in RETRYABLE:
+                    await self._retry_task(run, task, step)
+                    retried += 1
+        self.outbox.note(
+            "run_retried", self.now, run.id, workflow=run.workflow, tasks=retried, reason=reason
+        )
+        await self.start_ready_steps(run)
+        return retried
+
+    async def _retry_task(self, run: Run, task: Task, step: StepSpec) -> None:
+        again = task.replace(
+            state=next_task_state(task.state, TaskMove.RETRY), attempt=task.attempt + 1,
+            due_at=None, started_at=None, finished_at=None, output=None, error=None,
+            awaiting=False, dispatch_tries=0, wait_window=None,
+        )  # fmt: skip
+        if await self.tx.transition_task(again, task.state, task.attempt):
+            self.outbox.note(
+                "task_retried", self.now, run.id, task_id=task.id, step=task.step,
+                attempt=again.attempt, was=task.state.value,
+            )  # fmt: skip
+            self.outbox.submit.append(Ready(again, run.workflow, step))
 
     # -- starting steps --------------------------------------------------------------------
 

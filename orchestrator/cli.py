@@ -10,21 +10,24 @@ import os
 import secrets
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 from pydantic import SecretStr
 
 from orchestrator import __version__
+from orchestrator import serve as serving
 from orchestrator.admin import timing_from_json, trigger_preview
 from orchestrator.app import create_app
 from orchestrator.client import AdminClient, AdminError
 from orchestrator.engine import Engine
 from orchestrator.progress import Progress
-from orchestrator.serve import MainServer, listening_socket, run, sidecar, uvicorn_config
+from orchestrator.records import HistoryEntry
+from orchestrator.serve import MainServer, listening_socket, sidecar, uvicorn_config
 from orchestrator.settings import ConfigError, Settings, check_handlers, config_path, load_settings
 from orchestrator.signing import new_secret, sign_headers
 from orchestrator.states import RunState
@@ -121,6 +124,52 @@ def build_parser() -> argparse.ArgumentParser:
     triggers.add_argument("--config", metavar="FILE", help="config file")
     triggers.add_argument("--json", action="store_true", help="print JSON for scripts")
 
+    def server_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--url", help="server URL (default: http://HOST:PORT from settings)")
+        command.add_argument(
+            "--config", metavar="FILE", help="config file the server settings come from"
+        )
+        command.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    runs = commands.add_parser(
+        "runs",
+        help="list runs, newest first",
+        description="List runs on a running server, newest first.",
+    )
+    runs.add_argument("--workflow", help="only this workflow")
+    runs.add_argument(
+        "--status", choices=[state.value for state in RunState], help="only runs in this state"
+    )
+    runs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    server_options(runs)
+
+    show = commands.add_parser(
+        "show",
+        help="a run: steps, barriers, tasks, timing",
+        description="Show one run: its barriers (k of n, policy), tasks and timing.",
+    )
+    show.add_argument("run", metavar="RUN", help="run id")
+    server_options(show)
+
+    events = commands.add_parser(
+        "events",
+        help="the history, or --follow it live",
+        description="Print history entries, oldest first; --follow keeps streaming new ones (Server-Sent Events).",
+    )
+    events.add_argument("--run", help="only this run's history")
+    events.add_argument(
+        "--follow", action="store_true", help="keep printing entries as they happen"
+    )
+    server_options(events)
+
+    retry = commands.add_parser(
+        "retry",
+        help="re-run the failed tasks of a failed run",
+        description="Re-run the failed, timed-out and cancelled tasks of a failed or cancelled run; succeeded tasks are kept.",
+    )
+    retry.add_argument("run", metavar="RUN", help="run id")
+    server_options(retry)
+
     fire = commands.add_parser(
         "fire",
         help="fire a trigger or workflow on a running server",
@@ -176,6 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return sign_command(args)
         if args.command == "triggers":
             return triggers_command(args)
+        if args.command in OPERATOR_COMMANDS:
+            try:
+                return asyncio.run(OPERATOR_COMMANDS[args.command](args))
+            except (AdminError, httpx.HTTPError, OSError) as error:
+                print(f"error: {error}", file=sys.stderr)
+                return EXIT_FAILED
         return asyncio.run(fire_command(args))
     except ConfigError as error:
         for problem in error.problems:
@@ -347,7 +402,7 @@ def serve_command(args: argparse.Namespace) -> int:
                 )
             sys.stdout.flush()
 
-    run(MainServer(uvicorn_config(app), on_ready), sock, sidecars)
+    serving.run(MainServer(uvicorn_config(app), on_ready), sock, sidecars)
     return 0
 
 
@@ -386,3 +441,106 @@ async def _follow_run(client: AdminClient, run_id: str) -> int:
     for line in progress.summary(detail["workflow"], run_id, detail["status"], timing):
         print(line)
     return 0 if detail["status"] == RunState.SUCCEEDED.value else EXIT_FAILED
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    settings = _client_settings(args.config)
+    tokens = settings.admin_tokens()
+    return AdminClient(
+        args.url or f"http://{settings.host}:{settings.port}", tokens[0] if tokens else None
+    )
+
+
+def _when(at: float | None) -> str:
+    return (
+        "-" if at is None else datetime.fromtimestamp(at).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    )
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+async def runs_command(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        page = await client.runs(workflow=args.workflow, status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    print(f"{'RUN':<32} {'WORKFLOW':<20} {'STATUS':<10} {'STARTED':<20} WALL")
+    for run in page["runs"]:
+        wall = None if run["finished_at"] is None else run["finished_at"] - run["created_at"]
+        print(
+            f"{run['id']:<32} {run['workflow']:<20} {run['status']:<10} {_when(run['created_at']):<20} {_seconds(wall)}"
+        )
+    if page["next_cursor"]:
+        print(f"(more: --limit {args.limit * 2}, or the API's cursor {page['next_cursor']})")
+    return 0
+
+
+async def show_command(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        detail = await client.run(args.run)
+    if args.json:
+        print(json.dumps(detail, indent=2))
+        return 0
+    print(
+        f"{detail['id']}  {detail['workflow']}  {detail['status']}  started {_when(detail['created_at'])}"
+    )
+    print("steps:")
+    for barrier in detail["barriers"]:
+        policy = barrier["policy"]
+        print(
+            f"  {barrier['step']:<20} {barrier['status']:<8} {barrier['succeeded']}/{barrier['required']} "
+            f"required of {barrier['expected']} ({policy['mode']}, {policy['on_failure']})"
+            + (f"  {barrier['reason']}" if barrier["reason"] else "")
+        )
+    print("tasks:")
+    for task in detail["tasks"]:
+        label = task["step"] + (f"[{task['item']}]" if task["item"] else "")
+        error = f"  {task['error']}" if task["error"] else ""
+        print(
+            f"  {label:<24} {task['state']:<10} attempt {task['attempt']}  {_seconds(task['duration'])}{error}"
+        )
+    for line in Progress().summary(
+        detail["workflow"], detail["id"], detail["status"], timing_from_json(detail["timing"])
+    ):
+        print(line)
+    return 0
+
+
+async def events_command(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        entries = (
+            client.stream(after=0, run_id=args.run) if args.follow else _listed(client, args.run)
+        )
+        async for entry in entries:
+            if args.json:
+                print(json.dumps(entry.to_json()), flush=True)
+                continue
+            where = " ".join(part for part in (entry.run_id, entry.step) if part)
+            data = " ".join(
+                f"{key}={value}" for key, value in entry.data.items() if value is not None
+            )
+            print(f"{_when(entry.at)}  #{entry.id:<6} {entry.type:<24} {where}  {data}", flush=True)
+    return 0
+
+
+async def _listed(client: AdminClient, run_id: str | None) -> AsyncIterator[HistoryEntry]:
+    for entry in await client.history(run_id=run_id):
+        yield entry
+
+
+async def retry_command(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        result = await client.retry(args.run)
+    print(f"retrying {result['retried_tasks']} task(s) of {result['run_id']}")
+    return 0
+
+
+OPERATOR_COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "runs": runs_command,
+    "show": show_command,
+    "events": events_command,
+    "retry": retry_command,
+}

@@ -47,6 +47,15 @@ class AdminClient:
         )
         return result
 
+    async def runs(self, **filters: Any) -> dict[str, Any]:
+        params = {key: value for key, value in filters.items() if value is not None}
+        result: dict[str, Any] = await self._json("GET", "/admin/runs", params=params)
+        return result
+
+    async def retry(self, run_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("POST", f"/admin/runs/{run_id}/retry")
+        return result
+
     async def run(self, run_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", f"/admin/runs/{run_id}")
         return result

@@ -40,6 +40,10 @@ MAX_DISPATCH_TRIES = 8
 _SPEC_CACHE_SIZE = 1024
 
 
+class RunStateError(ValueError):
+    """An operator action that the run's state does not allow (answered 409)."""
+
+
 class UnknownTarget(LookupError):
     """A fire for a name that is neither a trigger nor a workflow."""
 
@@ -409,6 +413,46 @@ class Engine:
                 raise LookupError(f"no run {run_id!r}")
             changed = await advance.finish_run(run, RunMove.CANCEL, reason=reason)
         return changed
+
+    async def retry_run(self, run_id: str) -> int:
+        """Re-run the failed, timed-out and cancelled tasks of a finished run; how many."""
+        async with self._advancing() as advance:
+            run = await advance.tx.get_run(run_id)
+            if run is None:
+                raise LookupError(f"no run {run_id!r}")
+            if run.status not in (RunState.FAILED, RunState.CANCELLED):
+                raise RunStateError(
+                    f"only a failed or cancelled run can be retried; it is {run.status.value}"
+                )
+            return await advance.retry_run(run, reason="retried by operator")
+
+    async def replay(self, event_id: str, force: bool = False) -> Fired:
+        """Start a new run from a stored event; refused while a run of it is active."""
+        event = await self.store.get_event(event_id)
+        if event is None:
+            raise LookupError(f"no event {event_id!r}")
+        active = [
+            run.id for run in await self.store.runs_of_event(event_id) if not run.status.finished
+        ]
+        if active and not force:
+            raise RunStateError(
+                f"run {active[0]} of this event is still running (pass force to replay anyway)"
+            )
+        if event.workflow not in self.workflows:
+            raise LookupError(f"workflow {event.workflow!r} of this event is no longer configured")
+        now = self.clock()
+        workflow = self.workflows[event.workflow]
+        async with self._advancing() as advance:
+            run = Run(
+                id=new_id("run", now), workflow=event.workflow, event_id=event.id,
+                status=RunState.RUNNING, created_at=now, spec=workflow.model_dump(mode="json"),
+            )  # fmt: skip
+            await advance.tx.insert_run(run)
+            self._specs[run.id] = workflow
+            advance.outbox.note("event_replayed", now, run.id, event_id=event.id, forced=force)
+            advance.outbox.note("run_started", now, run.id, workflow=event.workflow)
+            await advance.start_ready_steps(run)
+        return Fired(event.id, run.id, duplicate=False)
 
     async def recover(self) -> int:
         """Pick up after a restart: requeue interrupted hand-offs, re-arm every timer.

@@ -123,6 +123,9 @@ class Store(Protocol):
 
     async def get_event(self, event_id: str) -> Event | None: ...
 
+    async def runs_of_event(self, event_id: str) -> list[Run]:
+        """Every run started from this event (the first, and replays), oldest first."""
+
     async def history(
         self,
         *,

@@ -46,6 +46,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX runs_by_workflow ON runs (workflow, id);
     CREATE INDEX runs_by_status ON runs (status, id);
+    CREATE INDEX runs_by_event ON runs (event_id);
     CREATE TABLE barriers (
         run_id TEXT NOT NULL REFERENCES runs (id),
         step TEXT NOT NULL,
@@ -121,6 +122,7 @@ INSERT_RUN = """
     VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 SELECT_RUN = "SELECT * FROM runs WHERE id = ?"
+SELECT_RUNS_OF_EVENT = "SELECT * FROM runs WHERE event_id = ? ORDER BY id"
 UPDATE_RUN_STATUS = "UPDATE runs SET status = ?, finished_at = ? WHERE id = ? AND status = ?"
 INSERT_BARRIER = """
     INSERT INTO barriers (run_id, step, expected, required, succeeded, failed, status, policy,
@@ -548,6 +550,9 @@ class SqliteStore:
     async def get_run(self, run_id: str) -> Run | None:
         rows = list(await self._rows(SELECT_RUN, (run_id,)))
         return run_from_row(rows[0]) if rows else None
+
+    async def runs_of_event(self, event_id: str) -> list[Run]:
+        return [run_from_row(row) for row in await self._rows(SELECT_RUNS_OF_EVENT, (event_id,))]
 
     async def get_event(self, event_id: str) -> Event | None:
         rows = list(await self._rows(SELECT_EVENT, (event_id,)))

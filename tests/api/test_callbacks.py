@@ -414,3 +414,30 @@ async def test_callback_for_an_attempt_pending_after_a_doubtful_hand_off_is_acce
     (task,) = await engine.store.tasks_of_run(fired.run_id)
     assert (task.state, task.attempt) == (TaskState.SUCCEEDED, 1)
     assert engine.timers.due_of(("task", task.id)) is None, "the queued re-dispatch was dropped"
+
+
+async def test_operator_retry_gives_a_new_token_and_the_old_one_is_gone(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """After a timed-out run is retried, its old callback answers 410 and the new one completes it."""
+    engine = engine_of(app)
+    with engine.bus.subscribe() as subscription:
+        run_id, (old,) = await handed_off(app, "short")
+        await wait_for_end(subscription, run_id)
+    response = await client.post(
+        f"/admin/runs/{run_id}/retry", headers={"Authorization": "Bearer t"}
+    )
+    assert (response.status_code, response.json()["retried_tasks"]) == (200, 1)
+    with engine.bus.subscribe() as subscription:
+        async with asyncio.timeout(5):
+            async for entry in subscription:
+                if entry.type == "task_awaiting_callback":
+                    break
+        new = handlers.STATE.handed_off["0"]
+        assert (new.attempt, new.callback_url != old.callback_url) == (2, True)
+        assert (await call_back(client, old)).status_code == 410
+        assert (await call_back(client, new)).status_code == 200
+        finished = await wait_for_end(subscription, run_id)
+    assert finished.status == "succeeded"
+    again = await client.post(f"/admin/runs/{run_id}/retry", headers={"Authorization": "Bearer t"})
+    assert (again.status_code, again.json()["error"]) == (409, "run_not_retryable")

@@ -167,3 +167,30 @@ async def test_triggers_previews_fire_times_across_dst(tmp_path: Path) -> None:
     code, out, _ = await run_cli("triggers", "--config", str(config), "--next", "2")
     assert code == 0
     assert "cron '30 2 * * *' in America/New_York" in out
+
+
+async def test_operator_commands_list_show_and_follow_runs(
+    tmp_path: Path, orchestrators: Callable[..., Orchestrator]
+) -> None:
+    """`runs`, `show`, `events` and `retry` read and act on a running server over HTTP."""
+    server = orchestrators(demo_config(tmp_path), OUTREACH_DELAY_SCALE="0")
+    await server.start("--no-progress", "--sidecar", SIDECAR)
+    env = {"ORCHESTRATOR_ADMIN_TOKEN": TOKEN}
+    code, out, err = await run_cli("fire", "morning", "--url", server.url, "--wait", env=env)
+    assert code == 0, err
+    code, out, _ = await run_cli("runs", "--url", server.url, "--json", env=env)
+    (run,) = json.loads(out)["runs"]
+    assert run["status"] == "succeeded"
+    code, out, _ = await run_cli("show", run["id"], "--url", server.url, env=env)
+    assert code == 0
+    assert "research" in out
+    assert "30/30 required of 30" in out
+    assert "critical path" in out
+    code, out, _ = await run_cli("events", "--run", run["id"], "--url", server.url, env=env)
+    lines = out.splitlines()
+    assert "event_received" in lines[0]
+    assert "run_succeeded" in lines[-1]
+    code, _, err = await run_cli("retry", run["id"], "--url", server.url, env=env)
+    assert code == 1
+    assert "only a failed or cancelled run can be retried" in err
+    assert await server.stop()

@@ -25,6 +25,7 @@ class State:
         self.handed_off: dict[str, Context] = {}
         self.before_return: Any = None
         self.dispatch_failures = 0
+        self.fixed = False
         self.retry_after = 0.01
         self.doubtful: dict[str, Context] = {}
 
@@ -145,3 +146,10 @@ class Push(BaseModel):
 
     ref: str
     commits: int
+
+
+async def odd_fails_until_fixed(ctx: Context, item: int) -> int:
+    """Odd items fail until the test sets STATE.fixed (an operator fixed the cause)."""
+    if item % 2 and not STATE.fixed:
+        raise RuntimeError(f"item {item} broken")
+    return item

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from orchestrator.engine import Engine, UnknownTarget
+from orchestrator.engine import Engine, RunStateError, UnknownTarget
 from orchestrator.model import TriggerSpec
 from orchestrator.records import HistoryEntry
 from orchestrator.states import Outcome, RunState, TaskState
@@ -455,3 +455,61 @@ async def test_restart_keeps_exclusive_limits_for_tasks_awaiting_callbacks(
     admission = second.dispatcher._admission
     assert admission.in_flight(("wf", "crm")) == 1, "only the awaiting task holds crm"
     assert admission.waiting() == 1, "the pending one waits for it"
+
+
+async def test_operator_retry_reruns_only_what_did_not_succeed(make_engine: MakeEngine) -> None:
+    """Retry of a failed run re-runs failed and cancelled tasks at attempt 2, keeps successes."""
+    engine = make_engine(
+        {
+            "wf": workflow(
+                fan={
+                    "handler": "odd_fails_until_fixed",
+                    "for_each": "event.items",
+                    "on_failure": "collect",
+                },
+                after={"handler": "join", "needs": ["fan"]},
+            )
+        }
+    )
+    failed = await run_to_end(engine, "wf", {"items": [0, 1, 2, 3]})
+    assert failed.status == "failed"
+    before = {task.item_key: task for task in await engine.store.tasks_of_run(failed.run_id)}
+    handlers.STATE.fixed = True
+    with engine.bus.subscribe() as subscription:
+        assert await engine.retry_run(failed.run_id) == 2
+        finished = await wait_for_end(subscription, failed.run_id)
+    assert finished.status == "succeeded"
+    assert [e.data["attempt"] for e in finished.of_type("task_retried")] == [2, 2]
+    after = {
+        task.item_key: task
+        for task in await engine.store.tasks_of_run(failed.run_id)
+        if task.step == "fan"
+    }
+    assert {key: task.attempt for key, task in after.items()} == {"0": 1, "1": 2, "2": 1, "3": 2}
+    assert after["0"].finished_at == before["0"].finished_at, "successes were kept, not re-run"
+    barrier = next(b for b in await engine.store.barriers_of_run(failed.run_id) if b.step == "fan")
+    assert (barrier.succeeded, barrier.failed, barrier.status.value) == (4, 0, "open")
+
+
+async def test_retry_is_refused_for_a_run_that_is_not_failed(make_engine: MakeEngine) -> None:
+    """Only a failed or cancelled run can be retried; an unknown one is named."""
+    engine = make_engine({"wf": workflow(one={"handler": "single"})})
+    done = await run_to_end(engine, "wf")
+    with pytest.raises(RunStateError, match="succeeded"):
+        await engine.retry_run(done.run_id)
+    with pytest.raises(LookupError, match="run_nope"):
+        await engine.retry_run("run_nope")
+
+
+async def test_replay_starts_a_new_run_of_a_stored_event(make_engine: MakeEngine) -> None:
+    """Replaying an event starts a fresh run with the same payload; an active run blocks it."""
+    engine = make_engine({"wf": workflow(wait={"handler": "hang", "for_each": "event.items"})})
+    fired = await engine.fire("wf", {"items": [1]})
+    with pytest.raises(RunStateError, match="still running"):
+        await engine.replay(fired.event_id)
+    forced = await engine.replay(fired.event_id, force=True)
+    assert forced.run_id not in (None, fired.run_id)
+    assert [run.id for run in await engine.store.runs_of_event(fired.event_id)] == [
+        fired.run_id,
+        forced.run_id,
+    ]
