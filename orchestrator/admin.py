@@ -33,6 +33,24 @@ def _engine(request: Request) -> Engine:
     return engine
 
 
+def _time_param(request: Request, name: str) -> float | None:
+    """Epoch seconds or an ISO 8601 time (UTC unless it says otherwise); 400 if neither."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw) if re.fullmatch(r"[0-9]{1,12}(\.[0-9]+)?", raw) else _iso(raw)
+    except ValueError:
+        raise HttpError(
+            400, "bad_parameter", f"{name} must be epoch seconds or ISO 8601 (2026-11-23T07:42:00Z)"
+        ) from None
+
+
+def _iso(text: str) -> float:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
@@ -66,6 +84,8 @@ async def list_runs(request: Request) -> Response:
     page = await _engine(request).store.list_runs(
         workflow=request.query_params.get("workflow"),
         status=None if status is None else RunState(status),
+        since=_time_param(request, "since"),
+        until=_time_param(request, "until"),
         cursor=request.query_params.get("cursor"),
         limit=_int_param(request, "limit", 50, 1, 500),
     )
@@ -117,16 +137,18 @@ async def replay_event(request: Request) -> Response:
 
 
 async def list_events(request: Request) -> Response:
+    cursor = "cursor" if "cursor" in request.query_params else "after"
     entries = await _engine(request).store.history(
-        after=_int_param(request, "after", 0, 0, 2**62),
+        after=_int_param(request, cursor, 0, 0, 2**62),
         run_id=request.query_params.get("run"),
+        task_id=request.query_params.get("task"),
         type=request.query_params.get("type"),
+        since=_time_param(request, "since"),
         limit=_int_param(request, "limit", 100, 1, 1000),
     )
-    next_after = entries[-1].id if entries else None
-    return JSONResponse(
-        {"events": [entry.to_json() for entry in entries], "next_after": next_after}
-    )
+    last = entries[-1].id if entries else None
+    body = {"events": [entry.to_json() for entry in entries], "next_after": last, "next_cursor": last}
+    return JSONResponse(body)
 
 
 async def stream_events(request: Request) -> Response:

@@ -14,7 +14,16 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 def new_id(prefix: str, now: float | None = None) -> str:
     """A new id such as `run_01jd...`; `now` (epoch seconds) fixes the time part for tests."""
     millis = round((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    value = (millis << 80) | secrets.randbits(80)
+    return _encode(prefix, (millis << 80) | secrets.randbits(80))
+
+
+def time_floor(prefix: str, at: float) -> str:
+    """The smallest id made at or after `at`: time filters become id ranges on the key."""
+    millis = max(0, round(at * 1000)) & ((1 << 48) - 1)
+    return _encode(prefix, millis << 80)
+
+
+def _encode(prefix: str, value: int) -> str:
     chars = []
     for _ in range(26):
         value, digit = divmod(value, 32)

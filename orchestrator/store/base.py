@@ -110,10 +110,12 @@ class Store(Protocol):
         *,
         workflow: str | None = None,
         status: RunState | None = None,
+        since: float | None = None,
+        until: float | None = None,
         cursor: str | None = None,
         limit: int = 50,
     ) -> Page[Run]:
-        """Runs newest first; the cursor is the last id of the previous page."""
+        """Runs created in [since, until), newest first; the cursor is the last id shown."""
 
     async def tasks_of_run(self, run_id: str) -> list[Task]: ...
 
@@ -131,10 +133,12 @@ class Store(Protocol):
         *,
         after: int = 0,
         run_id: str | None = None,
+        task_id: str | None = None,
         type: str | None = None,
+        since: float | None = None,
         limit: int = 100,
     ) -> list[HistoryEntry]:
-        """History entries with id > `after`, oldest first."""
+        """History entries with id > `after` (and at or after `since`), oldest first."""
 
     async def lookup_token(self, token_hash: str) -> tuple[str, int] | None:
         """(task id, attempt) a callback token was issued for, by the token's hash."""

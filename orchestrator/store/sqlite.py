@@ -18,6 +18,7 @@ from typing import Any
 import aiosqlite
 
 from orchestrator.barrier import Barrier, BarrierStatus
+from orchestrator.ids import time_floor
 from orchestrator.model import JoinPolicy
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState, TaskState
@@ -89,6 +90,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX history_by_run ON history (run_id, id);
     CREATE INDEX history_by_type ON history (type, id);
+    CREATE INDEX history_by_task ON history (task_id, id);
     """,
     # 2: completion callbacks - tokens per attempt, receipts per webhook-id, a server key.
     """
@@ -563,10 +565,19 @@ class SqliteStore:
         *,
         workflow: str | None = None,
         status: RunState | None = None,
+        since: float | None = None,
+        until: float | None = None,
         cursor: str | None = None,
         limit: int = 50,
     ) -> Page[Run]:
         clauses, params = ["1 = 1"], list[Any]()
+        # Ids sort by creation time, so a time window is a range of the primary key.
+        if since is not None:
+            clauses.append("id >= ?")
+            params.append(time_floor("run", since))
+        if until is not None:
+            clauses.append("id < ?")
+            params.append(time_floor("run", until))
         if workflow is not None:
             clauses.append("workflow = ?")
             params.append(workflow)
@@ -600,10 +611,18 @@ class SqliteStore:
         *,
         after: int = 0,
         run_id: str | None = None,
+        task_id: str | None = None,
         type: str | None = None,
+        since: float | None = None,
         limit: int = 100,
     ) -> list[HistoryEntry]:
         clauses, params = ["id > ?"], list[Any]([after])
+        if task_id is not None:
+            clauses.append("task_id = ?")
+            params.append(task_id)
+        if since is not None:
+            clauses.append("at >= ?")
+            params.append(since)
         if run_id is not None:
             clauses.append("run_id = ?")
             params.append(run_id)
