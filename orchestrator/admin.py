@@ -147,7 +147,11 @@ async def list_events(request: Request) -> Response:
         limit=_int_param(request, "limit", 100, 1, 1000),
     )
     last = entries[-1].id if entries else None
-    body = {"events": [entry.to_json() for entry in entries], "next_after": last, "next_cursor": last}
+    body = {
+        "events": [entry.to_json() for entry in entries],
+        "next_after": last,
+        "next_cursor": last,
+    }
     return JSONResponse(body)
 
 

@@ -18,6 +18,7 @@ from orchestrator import admin, callbacks, hooks
 from orchestrator.callbacks import CallbackLimits
 from orchestrator.engine import Engine
 from orchestrator.http import BearerAuth, HttpError, error_response
+from orchestrator.openapi import document as openapi_document
 from orchestrator.outgoing import http_client
 from orchestrator.scheduler import CronScheduler
 from orchestrator.settings import Settings
@@ -36,6 +37,10 @@ async def readyz(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     await engine.store.ping()
     return JSONResponse({"status": "ready"})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document())
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -102,6 +107,7 @@ def create_app(
     routes: list[Any] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Mount("/callbacks", routes=callbacks.routes),
         Mount("/hooks", routes=hooks.routes),
         Mount(

@@ -1,0 +1,255 @@
+"""The OpenAPI document of the HTTP surface, written by hand and tested against the routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator import __version__
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(ERROR, description)
+
+
+def _query(name: str, description: str, kind: str = "string") -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": kind},
+    }
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+SIGNED = [
+    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"}},
+    {"name": "webhook-timestamp", "in": "header", "required": True, "schema": {"type": "string"}},
+    {"name": "webhook-signature", "in": "header", "required": True, "schema": {"type": "string"}},
+]
+OBJECT = {"type": "object"}
+FIRED = {
+    "type": "object",
+    "properties": {
+        "event_id": {"type": "string"},
+        "run_id": {"type": ["string", "null"]},
+        "duplicate": {"type": "boolean"},
+    },
+}
+CALLBACK = {
+    "type": "object",
+    "required": ["status"],
+    "additionalProperties": False,
+    "properties": {
+        "status": {"enum": ["succeeded", "failed"]},
+        "output": {},
+        "error": {"type": ["string", "null"]},
+    },
+}
+
+
+def _admin(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": BEARER,
+        "responses": {**responses, "401": _error("missing or wrong bearer token")},
+        **extra,
+    }
+
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(OBJECT, "alive")}}},
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: the store answers",
+            "responses": {"200": _json(OBJECT, "ready"), "503": _error("store unavailable")},
+        }
+    },
+    "/openapi.json": {
+        "get": {"summary": "This document", "responses": {"200": _json(OBJECT, "OpenAPI")}}
+    },
+    "/hooks/{trigger}": {
+        "post": {
+            "summary": "Inbound webhook: verify, persist as an event, start a run",
+            "parameters": [_path("trigger")],
+            "requestBody": {"content": {"application/json": {"schema": OBJECT}}},
+            "responses": {
+                "202": _json(FIRED, "event persisted, run started"),
+                "200": _json(FIRED, "a redelivery: the same event, nothing started"),
+                "400": _error("malformed JSON"),
+                "401": _error("bad signature"),
+                "404": _error("no webhook trigger of that name"),
+                "413": _error("body over the limit"),
+                "422": _error("payload is not an object or fails the payload model"),
+            },
+        }
+    },
+    "/callbacks/{token}": {
+        "post": {
+            "summary": "A service completes one task attempt (Standard Webhooks signed)",
+            "parameters": [_path("token"), *SIGNED],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": CALLBACK}},
+            },
+            "responses": {
+                "200": _json(OBJECT, "accepted, or a duplicate counted once"),
+                "400": _error("malformed JSON"),
+                "401": _error("bad, missing or stale signature"),
+                "404": _error("unknown token"),
+                "409": _error("webhook-id reused with another body, or a different result"),
+                "410": _error("task timed out, was cancelled, or its attempt was replaced"),
+                "413": _error("body over the limit"),
+                "422": _error("body or output fails its schema"),
+                "503": _error("store busy: retry after Retry-After"),
+            },
+        }
+    },
+    "/callbacks/{token}/heartbeat": {
+        "post": {
+            "summary": "Extend the deadline of a task awaiting its callback (signed)",
+            "parameters": [_path("token"), *SIGNED],
+            "responses": {
+                "200": _json(OBJECT, "deadline extended"),
+                "401": _error("bad signature"),
+                "404": _error("unknown token"),
+                "410": _error("the task is no longer waiting"),
+            },
+        }
+    },
+    "/admin/triggers": {
+        "get": _admin(
+            "Triggers with their next fire times",
+            {"200": _json(OBJECT, "triggers")},
+            parameters=[_query("next", "fire times per cron trigger", "integer")],
+        )
+    },
+    "/admin/triggers/{name}/fire": {
+        "post": _admin(
+            "Fire a trigger or a workflow by hand; the JSON body is the payload",
+            {
+                "202": _json(FIRED, "fired"),
+                "200": _json(FIRED, "Idempotency-Key seen before"),
+                "404": _error("unknown trigger"),
+            },
+            parameters=[_path("name")],
+        )
+    },
+    "/admin/runs": {
+        "get": _admin(
+            "Runs, newest first, cursor-paginated",
+            {
+                "200": _json(OBJECT, "a page of runs and next_cursor"),
+                "400": _error("bad parameter"),
+            },
+            parameters=[
+                _query("workflow", "only this workflow"),
+                _query("status", "running, succeeded, failed or cancelled"),
+                _query("since", "created at or after (epoch seconds or ISO 8601)"),
+                _query("until", "created before (epoch seconds or ISO 8601)"),
+                _query("cursor", "next_cursor of the previous page"),
+                _query("limit", "page size, 1-500", "integer"),
+            ],
+        )
+    },
+    "/admin/runs/{run_id}": {
+        "get": _admin(
+            "A run: barriers, tasks, timing and critical path",
+            {"200": _json(OBJECT, "the run"), "404": _error("unknown run")},
+            parameters=[_path("run_id")],
+        )
+    },
+    "/admin/runs/{run_id}/cancel": {
+        "post": _admin(
+            "Cancel a running run",
+            {
+                "200": _json(OBJECT, "cancelled"),
+                "404": _error("unknown run"),
+                "409": _error("not running"),
+            },
+            parameters=[_path("run_id")],
+        )
+    },
+    "/admin/runs/{run_id}/retry": {
+        "post": _admin(
+            "Re-run the failed, timed-out and cancelled tasks of a failed or cancelled run",
+            {
+                "200": _json(OBJECT, "retrying"),
+                "404": _error("unknown run"),
+                "409": _error("not retryable"),
+            },
+            parameters=[_path("run_id")],
+        )
+    },
+    "/admin/events": {
+        "get": _admin(
+            "History, oldest first, paged by id",
+            {"200": _json(OBJECT, "entries and next_cursor"), "400": _error("bad parameter")},
+            parameters=[
+                _query("run", "only this run"),
+                _query("task", "only this task"),
+                _query("type", "only this entry type"),
+                _query("since", "at or after (epoch seconds or ISO 8601)"),
+                _query("cursor", "next_cursor of the previous page", "integer"),
+                _query("limit", "page size, 1-1000", "integer"),
+            ],
+        )
+    },
+    "/admin/events/stream": {
+        "get": _admin(
+            "History live as Server-Sent Events; Last-Event-ID (or after=) resumes",
+            {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
+            parameters=[
+                _query("run", "only this run"),
+                _query("after", "resume after this id", "integer"),
+            ],
+        )
+    },
+    "/admin/events/{event_id}/replay": {
+        "post": _admin(
+            "Start a new run from a stored event",
+            {
+                "202": _json(OBJECT, "replayed"),
+                "404": _error("unknown event"),
+                "409": _error("a run of it is active"),
+            },
+            parameters=[
+                _path("event_id"),
+                _query("force", "replay even while a run is active", "boolean"),
+            ],
+        )
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document served at /openapi.json."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "orchestrator",
+            "version": __version__,
+            "description": "A webhook-driven event orchestrator that replaces polling loops.",
+        },
+        "paths": PATHS,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                }
+            },
+        },
+    }
