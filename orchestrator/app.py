@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from orchestrator import admin, callbacks, hooks
@@ -37,6 +38,14 @@ async def readyz(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     await engine.store.ping()
     return JSONResponse({"status": "ready"})
+
+
+DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
+
+
+async def dashboard(request: Request) -> Response:
+    """The live dashboard: static HTML; its script asks for the token and calls the API."""
+    return HTMLResponse(DASHBOARD, headers={"Cache-Control": "no-cache"})
 
 
 async def openapi(request: Request) -> Response:
@@ -108,6 +117,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/admin/", dashboard, methods=["GET"]),
         Mount("/callbacks", routes=callbacks.routes),
         Mount("/hooks", routes=hooks.routes),
         Mount(

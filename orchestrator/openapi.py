@@ -75,6 +75,12 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": _json(OBJECT, "ready"), "503": _error("store unavailable")},
         }
     },
+    "/admin/": {
+        "get": {
+            "summary": "The live dashboard (HTML; asks for the admin token in the page)",
+            "responses": {"200": {"description": "text/html", "content": {"text/html": {}}}},
+        }
+    },
     "/openapi.json": {
         "get": {"summary": "This document", "responses": {"200": _json(OBJECT, "OpenAPI")}}
     },
