@@ -21,6 +21,7 @@ from orchestrator.engine import Engine
 from orchestrator.http import BearerAuth, HttpError, error_response
 from orchestrator.openapi import document as openapi_document
 from orchestrator.outgoing import http_client
+from orchestrator.retention import Retention, RetentionJob
 from orchestrator.scheduler import CronScheduler
 from orchestrator.settings import Settings
 from orchestrator.store import StoreUnavailable, open_store
@@ -102,6 +103,8 @@ def create_app(
                     if trigger.webhook is not None and trigger.webhook.scheme == "none":
                         log.warning("webhook_unsigned", trigger=name, hint="anyone can fire it")
                 await CronScheduler(engine, settings.triggers).start()
+                retention = Retention(settings.retention_history, settings.retention_runs)
+                RetentionJob(engine, retention).arm(delay=60.0)
                 for callback in on_started:
                     await callback(engine)
                 yield

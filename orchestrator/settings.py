@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=1024, description="largest accepted body, bytes"
     )
     signature_tolerance: Duration = Field(default=300.0, description="accepted webhook clock skew")
+    retention_history: Duration = Field(
+        default=30 * 86400.0,
+        description="per-task history and payloads of finished runs are kept this long",
+    )
+    retention_runs: Duration = Field(
+        default=365 * 86400.0, description="run summaries (and delivery ids) are kept this long"
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token(s) for /admin; several, comma-separated, rotate"
     )
@@ -92,6 +99,11 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"triggers.{name}.workflow: unknown workflow {trigger.workflow!r} (workflows: {known})"
                 )
+        if self.retention_runs < max(self.retention_history, 7 * 86400.0):
+            raise ValueError(
+                "retention_runs: must be at least retention_history and at least 7d "
+                "(senders retry deliveries for days; their ids must still dedup)"
+            )
         for workflow_name, workflow in self.workflows.items():
             for step_name, step in workflow.steps.items():
                 if step.service is not None and step.service not in self.services:

@@ -149,4 +149,13 @@ class Store(Protocol):
     async def server_key(self) -> bytes:
         """The key callback tokens are derived from, made once and kept in the store."""
 
+    async def prune_task_history(self, before: float, limit: int) -> int:
+        """Delete up to `limit` task-level history entries of runs finished before `before`."""
+
+    async def prune_payloads(self, before: float, limit: int) -> int:
+        """Blank up to `limit` payloads (task items and outputs, event payloads) of old runs."""
+
+    async def prune_runs(self, before: float, limit: int) -> int:
+        """Delete up to `limit` runs finished before `before`, with everything of theirs."""
+
     async def unfinished(self) -> Unfinished: ...

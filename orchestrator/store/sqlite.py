@@ -170,6 +170,42 @@ INSERT_HISTORY = """
     INSERT INTO history (at, type, run_id, task_id, step, data) VALUES (?, ?, ?, ?, ?, ?)
 """
 SELECT_LAST_ID = "SELECT last_insert_rowid()"
+PRUNE_TASK_HISTORY = """
+    DELETE FROM history WHERE id IN (
+        SELECT history.id FROM history JOIN runs ON runs.id = history.run_id
+        WHERE history.task_id IS NOT NULL AND runs.status != 'running' AND runs.finished_at < ?
+        LIMIT ?)
+"""
+PRUNE_TASK_PAYLOADS = """
+    UPDATE tasks SET item = 'null', output = NULL WHERE rowid IN (
+        SELECT tasks.rowid FROM tasks JOIN runs ON runs.id = tasks.run_id
+        WHERE runs.status != 'running' AND runs.finished_at < ?
+          AND (tasks.output IS NOT NULL OR tasks.item != 'null')
+        LIMIT ?)
+"""
+PRUNE_EVENT_PAYLOADS = """
+    UPDATE events SET payload = '{}' WHERE id IN (
+        SELECT events.id FROM events
+        WHERE events.payload != '{}' AND events.received_at < ?
+          AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id
+                          AND (runs.status = 'running' OR runs.finished_at >= ?))
+        LIMIT ?)
+"""
+SELECT_EXPIRED_RUNS = """
+    SELECT id FROM runs WHERE status != 'running' AND finished_at < ? LIMIT ?
+"""
+DELETE_RUN_PARTS = [
+    "DELETE FROM callback_receipts WHERE task_id IN (SELECT id FROM tasks WHERE run_id = ?)",
+    "DELETE FROM callback_tokens WHERE task_id IN (SELECT id FROM tasks WHERE run_id = ?)",
+    "DELETE FROM history WHERE run_id = ?",
+    "DELETE FROM tasks WHERE run_id = ?",
+    "DELETE FROM barriers WHERE run_id = ?",
+    "DELETE FROM runs WHERE id = ?",
+]
+DELETE_ORPHAN_EVENTS = """
+    DELETE FROM events WHERE received_at < ?
+      AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id)
+"""
 SELECT_UNFINISHED_TASKS = """
     SELECT tasks.* FROM tasks JOIN runs ON runs.id = tasks.run_id
     WHERE tasks.state IN ('pending', 'dispatched') AND runs.status = 'running'
@@ -297,6 +333,10 @@ class SqliteTx:
 
     async def _all(self, sql: str, params: Sequence[Any]) -> Iterable[sqlite3.Row]:
         return await self._db.execute_fetchall(sql, params)
+
+    async def changed_rows(self, sql: str, params: Sequence[Any]) -> int:
+        async with self._db.execute(sql, params) as cursor:
+            return cursor.rowcount
 
     async def _changed(self, sql: str, params: Sequence[Any]) -> bool:
         async with self._db.execute(sql, params) as cursor:
@@ -631,6 +671,26 @@ class SqliteStore:
             params.append(type)
         sql = f"SELECT * FROM history WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"  # noqa: S608 - clauses are fixed strings
         return [history_from_row(row) for row in await self._rows(sql, [*params, limit])]
+
+    async def prune_task_history(self, before: float, limit: int) -> int:
+        async with self.transaction() as tx:
+            return await tx.changed_rows(PRUNE_TASK_HISTORY, (before, limit))
+
+    async def prune_payloads(self, before: float, limit: int) -> int:
+        async with self.transaction() as tx:
+            tasks = await tx.changed_rows(PRUNE_TASK_PAYLOADS, (before, limit))
+            events = await tx.changed_rows(PRUNE_EVENT_PAYLOADS, (before, before, limit))
+        return tasks + events
+
+    async def prune_runs(self, before: float, limit: int) -> int:
+        async with self.transaction() as tx:
+            run_ids = [row[0] for row in await tx._all(SELECT_EXPIRED_RUNS, (before, limit))]
+            for run_id in run_ids:
+                for statement in DELETE_RUN_PARTS:
+                    await tx._db.execute(statement, (run_id,))
+            # Delivery ids go with their last run, and never before the runs' own age.
+            await tx._db.execute(DELETE_ORPHAN_EVENTS, (before,))
+        return len(run_ids)
 
     async def lookup_token(self, token_hash: str) -> tuple[str, int] | None:
         rows = list(await self._rows(SELECT_CAPABILITY, (token_hash,)))

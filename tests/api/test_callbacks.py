@@ -296,6 +296,7 @@ async def test_callback_of_a_replaced_attempt_is_gone(
     app: Starlette, client: httpx.AsyncClient
 ) -> None:
     """After a timeout and retry, the first attempt's token answers 410; the new one works."""
+    handlers.STATE.await_timeouts = {2: "30s"}  # the second attempt must not time out mid-test
     engine = engine_of(app)
     with engine.bus.subscribe() as subscription:
         _, (first,) = await handed_off(app, "retried")
@@ -335,7 +336,8 @@ async def test_callback_before_the_handler_returns_counts_once(
 
 async def test_heartbeat_extends_the_deadline(app: Starlette, client: httpx.AsyncClient) -> None:
     """A signed heartbeat pushes a waiting task's deadline; after completion it answers 410."""
-    run_id, (ctx,) = await handed_off(app, "short")
+    handlers.STATE.await_timeouts = {1: "30s"}
+    run_id, (ctx,) = await handed_off(app, "wf")
     (before,) = await engine_of(app).store.tasks_of_run(run_id)
     response = await call_back(client, ctx, body=b"", suffix="/heartbeat", message_id="hb-1")
     assert response.status_code == 200
@@ -420,6 +422,7 @@ async def test_operator_retry_gives_a_new_token_and_the_old_one_is_gone(
     app: Starlette, client: httpx.AsyncClient
 ) -> None:
     """After a timed-out run is retried, its old callback answers 410 and the new one completes it."""
+    handlers.STATE.await_timeouts = {2: "30s"}  # the retried attempt waits as long as the test needs
     engine = engine_of(app)
     with engine.bus.subscribe() as subscription:
         run_id, (old,) = await handed_off(app, "short")

@@ -22,7 +22,7 @@ for_each = "event.items"
 [workflows.crashy.steps.slow]
 handler = "tests.e2e.handlers:never"
 for_each = "event.one"
-deadline = "4s"
+deadline = "6s"
 on_deadline = "proceed"
 
 [workflows.crashy.steps.done]

@@ -26,6 +26,7 @@ class State:
         self.before_return: Any = None
         self.dispatch_failures = 0
         self.fixed = False
+        self.await_timeouts: dict[int, str] = {}  # attempt -> timeout asked of await_callback
         self.retry_after = 0.01
         self.doubtful: dict[str, Context] = {}
 
@@ -128,7 +129,7 @@ async def hand_off(ctx: Context, item: Any) -> AwaitCallback[Shaped]:
     STATE.handed_off[ctx.item_key] = ctx
     if STATE.before_return is not None:
         await STATE.before_return(ctx)
-    return ctx.await_callback()
+    return ctx.await_callback(timeout=STATE.await_timeouts.get(ctx.attempt))
 
 
 async def hand_off_after_failures(ctx: Context, item: Any) -> AwaitCallback[Any]:

@@ -210,7 +210,7 @@ async def test_step_deadline_proceeds_with_what_has_arrived(make_engine: MakeEng
                 fan={
                     "handler": "quick_or_hang",
                     "for_each": "event.items",
-                    "deadline": "100ms",
+                    "deadline": "500ms",
                     "on_deadline": "proceed",
                 },
                 after={"handler": "join", "needs": ["fan"]},

@@ -278,3 +278,10 @@ def test_shipped_config_loads_and_its_handlers_import() -> None:
     for trigger in settings.triggers.values():
         assert trigger.workflow in settings.workflows
     check_handlers(settings, path)
+
+
+def test_run_retention_shorter_than_a_week_is_refused(tmp_path: Path) -> None:
+    """Run summaries (and delivery ids) must outlive senders' retries: at least 7 days."""
+    path = write(tmp_path, 'retention_history = "1d"\nretention_runs = "3d"\n')
+    [problem] = problems_of(path)
+    assert "retention_runs: must be at least retention_history and at least 7d" in problem
