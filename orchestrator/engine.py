@@ -27,7 +27,7 @@ from orchestrator.bus import HistoryBus
 from orchestrator.dispatch import Dispatcher, Ready
 from orchestrator.ids import new_id
 from orchestrator.invoke import Handoff, Invocation, Redispatch
-from orchestrator.model import ServiceSpec, TriggerSpec, WorkflowSpec
+from orchestrator.model import ServiceSpec, StepSpec, TriggerSpec, WorkflowSpec
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import Outcome, RunMove, RunState, TaskState, backoff_delay
 from orchestrator.store import Store, StoreUnavailable
@@ -228,19 +228,26 @@ class Engine:
             ),
         )
 
+    async def _in_flight(self, advance: Advance, task: Task) -> tuple[Task, Run, StepSpec] | None:
+        """The task as stored, its run and step, if this very attempt is still dispatched."""
+        current = await advance.tx.get_task(task.id)
+        if (
+            current is None
+            or current.state is not TaskState.DISPATCHED
+            or current.attempt != task.attempt
+        ):
+            return None
+        run = await advance.tx.get_run(task.run_id)
+        assert run is not None  # noqa: S101 - a foreign key guarantees it
+        return current, run, self._spec(run).steps[task.step]
+
     async def hand_off(self, task: Task, handoff: Handoff) -> bool:
         """The handler handed its work to a service: wait for the callback, with a deadline."""
         async with self._advancing() as advance:
-            current = await advance.tx.get_task(task.id)
-            if (
-                current is None
-                or current.state is not TaskState.DISPATCHED
-                or current.attempt != task.attempt
-            ):
+            found = await self._in_flight(advance, task)
+            if found is None:
                 return False  # the callback came first (or the task ended meanwhile)
-            run = await advance.tx.get_run(task.run_id)
-            assert run is not None  # noqa: S101 - a foreign key guarantees it
-            step = self._spec(run).steps[task.step]
+            current, run, step = found
             window = handoff.heartbeat or step.heartbeat or handoff.timeout or step.timeout
             waiting = current.replace(
                 awaiting=True,
@@ -259,16 +266,10 @@ class Engine:
     async def dispatch_failed(self, task: Task, failure: Redispatch) -> None:
         """The hand-off did not get through: dispatch the same attempt again, later."""
         async with self._advancing() as advance:
-            current = await advance.tx.get_task(task.id)
-            if (
-                current is None
-                or current.state is not TaskState.DISPATCHED
-                or current.attempt != task.attempt
-            ):
+            found = await self._in_flight(advance, task)
+            if found is None:
                 return
-            run = await advance.tx.get_run(task.run_id)
-            assert run is not None  # noqa: S101 - a foreign key guarantees it
-            step = self._spec(run).steps[task.step]
+            current, run, step = found
             tries = current.dispatch_tries + 1
             if tries >= MAX_DISPATCH_TRIES:
                 error = f"dispatch failed {tries} times; last: {failure.error}"

@@ -422,7 +422,8 @@ async def test_operator_retry_gives_a_new_token_and_the_old_one_is_gone(
     app: Starlette, client: httpx.AsyncClient
 ) -> None:
     """After a timed-out run is retried, its old callback answers 410 and the new one completes it."""
-    handlers.STATE.await_timeouts = {2: "30s"}  # the retried attempt waits as long as the test needs
+    # The retried attempt must wait as long as the test needs.
+    handlers.STATE.await_timeouts = {2: "30s"}
     engine = engine_of(app)
     with engine.bus.subscribe() as subscription:
         run_id, (old,) = await handed_off(app, "short")
