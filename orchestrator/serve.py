@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -68,8 +69,16 @@ def sidecar(spec: str, settings: Settings) -> Sidecar:
     return Sidecar(service, factory(), listening_socket(address.hostname, address.port))
 
 
-class MainServer(uvicorn.Server):
-    """uvicorn's server, calling `on_ready` once it accepts connections."""
+class SidecarServer(uvicorn.Server):
+    """A server that leaves signals to `run`, which stops it with the main server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class MainServer(SidecarServer):
+    """uvicorn's server, calling `on_ready` once it accepts connections; `run` owns signals."""
 
     def __init__(self, config: uvicorn.Config, on_ready: Callable[[], Awaitable[None]]) -> None:
         super().__init__(config)
@@ -81,14 +90,6 @@ class MainServer(uvicorn.Server):
             await self._on_ready()
 
 
-class SidecarServer(uvicorn.Server):
-    """A server that leaves signals to the main server, which stops it when it stops."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def uvicorn_config(app: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=3
@@ -96,10 +97,25 @@ def uvicorn_config(app: Any) -> uvicorn.Config:
 
 
 def run(main: MainServer, sock: socket.socket, sidecars: list[Sidecar]) -> None:
-    """Serve until a signal stops the main server; sidecars stop with it."""
+    """Serve until SIGINT or SIGTERM, then shut every server down gracefully and return.
+
+    The signals are handled here rather than by each uvicorn server, so that Ctrl-C stops
+    the sidecars too and ends in a clean exit instead of a re-raised KeyboardInterrupt. A
+    second signal forces the exit.
+    """
 
     async def serve() -> None:
         side = [SidecarServer(uvicorn_config(car.app)) for car in sidecars]
+        servers: list[uvicorn.Server] = [main, *side]
+
+        def stop() -> None:
+            for server in servers:
+                server.force_exit = server.should_exit
+                server.should_exit = True
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop)
         running = [
             asyncio.ensure_future(server.serve(sockets=[car.sock]))
             for server, car in zip(side, sidecars, strict=True)

@@ -171,14 +171,11 @@ class Orchestrator:
         await self._stop(signal.SIGKILL)
 
     async def stop(self) -> bool:
-        """SIGTERM: a graceful shutdown; True if the process shut down cleanly.
-
-        uvicorn re-raises the signal once shut down, so the exit status is -SIGTERM either way;
-        the log line written at the end of the lifespan is what tells a clean stop.
-        """
+        """SIGTERM: a graceful shutdown; True if the process shut down cleanly (exit status 0
+        and the log line written at the end of the lifespan)."""
         code = await self._stop(signal.SIGTERM)
         clean = any(record.get("event") == "shutdown_complete" for record in self.logs)
-        return clean and code in (0, -signal.SIGTERM)
+        return clean and code == 0
 
     async def _stop(self, sig: int) -> int:
         assert self.process is not None
