@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check clean help
+.PHONY: run test lint check bench bench-quick clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -27,6 +27,12 @@ lint: $(STAMP)  ## ruff (lint and format) and mypy --strict
 	$(BIN)/mypy
 
 check: lint test  ## everything CI runs
+
+bench: $(STAMP)  ## benchmarks up to N = 10,000; writes bench/results.json and docs/benchmarks.md
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)  ## the same up to N = 1,000, under 2 minutes
+	$(BIN)/python -m bench.run --quick
 
 clean:  ## remove the virtualenv, caches and the demo database
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage orchestrator.db orchestrator.db-*
