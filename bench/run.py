@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import httpx
 from bench.baselines import polling
 from orchestrator import __version__
 from orchestrator.client import AdminClient
+from orchestrator.serve import listening_socket
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
@@ -46,16 +46,8 @@ class Figure:
     met: bool | None
 
 
-def listening() -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(2048)
-    return sock
-
-
 async def start_service() -> tuple[asyncio.subprocess.Process, str]:
-    sock = listening()
+    sock = listening_socket("127.0.0.1", 0)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.fake_service", "--fd", str(sock.fileno()), "--delay", str(DELAY),
         cwd=ROOT, pass_fds=[sock.fileno()],

@@ -213,13 +213,19 @@ def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str]:
     return []
 
 
-def _resolve_secret(value: object) -> object:
-    """`env:NAME` reads the secret from the environment, so config files hold no secrets."""
+def _from_env(value: object) -> object:
+    """`env:NAME` is the value of environment variable NAME, so config files hold no secrets."""
     if isinstance(value, str) and value.startswith("env:"):
         name = value.removeprefix("env:")
         if name not in os.environ:
             raise ValueError(f"environment variable {name} is not set")
-        value = os.environ[name]
+        return os.environ[name]
+    return value
+
+
+def _resolve_secret(value: object) -> object:
+    """A base64 (`whsec_`) secret with enough key, given inline or as `env:NAME`."""
+    value = _from_env(value)
     if isinstance(value, str):
         try:
             key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
@@ -267,12 +273,8 @@ class ServiceSpec(SignedBy):
 
 
 def _resolve_plain_secret(value: object) -> object:
-    """`env:NAME` reads a webhook secret from the environment (any text, not only base64)."""
-    if isinstance(value, str) and value.startswith("env:"):
-        name = value.removeprefix("env:")
-        if name not in os.environ:
-            raise ValueError(f"environment variable {name} is not set")
-        value = os.environ[name]
+    """A plain-text webhook secret (GitHub, Stripe) long enough, given inline or as `env:NAME`."""
+    value = _from_env(value)
     if isinstance(value, str) and len(value) < MIN_SECRET_BYTES:
         # An empty key would let anyone sign; a short one can be guessed.
         raise ValueError(f"a webhook secret must be at least {MIN_SECRET_BYTES} characters")

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from handlers.fake_research import FakeResearch
 from orchestrator.client import AdminClient
+from orchestrator.serve import listening_socket
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "e2e-token"
@@ -30,11 +31,7 @@ START_TIMEOUT = 30.0
 
 def bound_socket() -> socket.socket:
     """A listening socket on a free loopback port: clients may connect before serving starts."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    return sock
+    return listening_socket("127.0.0.1", 0)
 
 
 class Gate:
