@@ -23,6 +23,7 @@ from orchestrator.model import JoinPolicy
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState, TaskState
 from orchestrator.store.base import Page, StoreUnavailable, Unfinished
+from orchestrator.store.group_commit import GroupCommit
 
 MIGRATIONS: list[str] = [
     # 1: the initial schema.
@@ -321,26 +322,24 @@ def sqlite_path(url: str) -> str:
 
 
 class SqliteTx:
-    """One write transaction on the write connection."""
+    """One logical write transaction. Its statements run on the calling thread: each takes
+    microseconds, where a hop to a database thread would cost far more (group_commit.py)."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
 
-    async def _one(self, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
-        async with self._db.execute(sql, params) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
-            return row
+    def _one(self, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
+        return row
 
-    async def _all(self, sql: str, params: Sequence[Any]) -> Iterable[sqlite3.Row]:
-        return await self._db.execute_fetchall(sql, params)
+    def _all(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        return self._conn.execute(sql, params).fetchall()
 
     async def changed_rows(self, sql: str, params: Sequence[Any]) -> int:
-        async with self._db.execute(sql, params) as cursor:
-            return cursor.rowcount
+        return self._conn.execute(sql, params).rowcount
 
-    async def _changed(self, sql: str, params: Sequence[Any]) -> bool:
-        async with self._db.execute(sql, params) as cursor:
-            return cursor.rowcount == 1
+    def _changed(self, sql: str, params: Sequence[Any]) -> bool:
+        return self._conn.execute(sql, params).rowcount == 1
 
     async def insert_event(self, event: Event) -> tuple[Event, bool]:
         params = (
@@ -351,18 +350,18 @@ class SqliteTx:
             _dumps(event.payload),
             event.dedup_key,
         )
-        if await self._changed(INSERT_EVENT, params):
+        if self._changed(INSERT_EVENT, params):
             return event, True
-        row = await self._one(SELECT_EVENT_BY_DEDUP, (event.trigger, event.dedup_key))
+        row = self._one(SELECT_EVENT_BY_DEDUP, (event.trigger, event.dedup_key))
         assert row is not None, "a dedup conflict implies a stored event"  # noqa: S101
         return event_from_row(row), False
 
     async def get_event(self, event_id: str) -> Event | None:
-        row = await self._one(SELECT_EVENT, (event_id,))
+        row = self._one(SELECT_EVENT, (event_id,))
         return None if row is None else event_from_row(row)
 
     async def insert_run(self, run: Run) -> None:
-        await self._db.execute(
+        self._conn.execute(
             INSERT_RUN,
             (
                 run.id,
@@ -376,16 +375,16 @@ class SqliteTx:
         )
 
     async def get_run(self, run_id: str) -> Run | None:
-        row = await self._one(SELECT_RUN, (run_id,))
+        row = self._one(SELECT_RUN, (run_id,))
         return None if row is None else run_from_row(row)
 
     async def set_run_status(
         self, run_id: str, expected: RunState, new: RunState, at: float | None
     ) -> bool:
-        return await self._changed(UPDATE_RUN_STATUS, (new.value, at, run_id, expected.value))
+        return self._changed(UPDATE_RUN_STATUS, (new.value, at, run_id, expected.value))
 
     async def insert_barrier(self, barrier: Barrier) -> None:
-        await self._db.execute(
+        self._conn.execute(
             INSERT_BARRIER,
             (
                 barrier.run_id,
@@ -403,11 +402,11 @@ class SqliteTx:
         )
 
     async def get_barrier(self, run_id: str, step: str) -> Barrier | None:
-        row = await self._one(SELECT_BARRIER, (run_id, step))
+        row = self._one(SELECT_BARRIER, (run_id, step))
         return None if row is None else barrier_from_row(row)
 
     async def barriers_of_run(self, run_id: str) -> list[Barrier]:
-        return [barrier_from_row(row) for row in await self._all(SELECT_BARRIERS_OF_RUN, (run_id,))]
+        return [barrier_from_row(row) for row in self._all(SELECT_BARRIERS_OF_RUN, (run_id,))]
 
     async def save_barrier(self, barrier: Barrier, expected: BarrierStatus) -> bool:
         params = (
@@ -423,47 +422,47 @@ class SqliteTx:
             barrier.step,
             expected.value,
         )
-        return await self._changed(UPDATE_BARRIER, params)
+        return self._changed(UPDATE_BARRIER, params)
 
     async def insert_tasks(self, tasks: Sequence[Task]) -> None:
         rows = [
             (task.id, task.run_id, task.step, task.item_key, _dumps(task.item), *_task_params(task))
             for task in tasks
         ]
-        await self._db.executemany(INSERT_TASK, rows)
+        self._conn.executemany(INSERT_TASK, rows)
 
     async def get_task(self, task_id: str) -> Task | None:
-        row = await self._one(SELECT_TASK, (task_id,))
+        row = self._one(SELECT_TASK, (task_id,))
         return None if row is None else task_from_row(row)
 
     async def tasks_of_run(self, run_id: str, step: str | None = None) -> list[Task]:
         if step is None:
-            rows = await self._all(SELECT_TASKS_OF_RUN, (run_id,))
+            rows = self._all(SELECT_TASKS_OF_RUN, (run_id,))
         else:
-            rows = await self._all(SELECT_TASKS_OF_STEP, (run_id, step))
+            rows = self._all(SELECT_TASKS_OF_STEP, (run_id, step))
         return [task_from_row(row) for row in rows]
 
     async def transition_task(
         self, task: Task, expected_state: TaskState, expected_attempt: int
     ) -> bool:
         params = (*_task_params(task), task.id, expected_state.value, expected_attempt)
-        return await self._changed(UPDATE_TASK, params)
+        return self._changed(UPDATE_TASK, params)
 
     async def insert_callback_tokens(self, tokens: Sequence[tuple[str, str, int]]) -> None:
-        await self._db.executemany(INSERT_CAPABILITY, tokens)
+        self._conn.executemany(INSERT_CAPABILITY, tokens)
 
     async def insert_meta(self, key: str, value: str) -> None:
         """Set `key` unless it is already set (first writer wins across replicas)."""
-        await self._db.execute(INSERT_META, (key, value))
+        self._conn.execute(INSERT_META, (key, value))
 
     async def get_receipt(self, task_id: str, webhook_id: str) -> str | None:
-        row = await self._one(SELECT_RECEIPT, (task_id, webhook_id))
+        row = self._one(SELECT_RECEIPT, (task_id, webhook_id))
         return None if row is None else str(row[0])
 
     async def insert_receipt(
         self, task_id: str, webhook_id: str, body_hash: str, at: float
     ) -> None:
-        await self._db.execute(INSERT_RECEIPT, (task_id, webhook_id, body_hash, at))
+        self._conn.execute(INSERT_RECEIPT, (task_id, webhook_id, body_hash, at))
 
     async def append_history(self, entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
         batch = list(entries)
@@ -473,10 +472,10 @@ class SqliteTx:
             (entry.at, entry.type, entry.run_id, entry.task_id, entry.step, _dumps(entry.data))
             for entry in batch
         ]
-        await self._db.executemany(INSERT_HISTORY, rows)
+        self._conn.executemany(INSERT_HISTORY, rows)
         # This transaction holds SQLite's one write lock, so AUTOINCREMENT gave the batch
         # consecutive ids ending at last_insert_rowid(): two round trips for any batch size.
-        row = await self._one(SELECT_LAST_ID, ())
+        row = self._one(SELECT_LAST_ID, ())
         assert row is not None  # noqa: S101 - the query always yields a row
         first = row[0] - len(batch) + 1
         return [
@@ -494,14 +493,21 @@ class SqliteTx:
 
 
 class SqliteStore:
-    """The Store protocol on one SQLite file."""
+    """The Store protocol on one SQLite file.
+
+    Three connections: the writer, whose logical transactions are committed in groups
+    (group_commit.py); a point reader for the primary-key lookups on the callback path,
+    run on the event loop (microseconds each); and an aiosqlite reader for the admin's
+    range queries, which may be long and so run in aiosqlite's thread.
+    """
 
     def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
         self.path = str(path)
         self._synchronous = synchronous
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._point: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._commits: GroupCommit | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -509,28 +515,49 @@ class SqliteStore:
 
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
         try:
-            await self._writer.execute("PRAGMA journal_mode = WAL")
-            await self._migrate(self._writer)
-            self._reader = await self._connect()
+            # Migrating may wait on another process's write lock: not on the event loop.
+            self._writer = await asyncio.to_thread(self._open_writer)
+            self._point = self._sync_connection()
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader.row_factory = sqlite3.Row
+            for pragma in self._pragmas():
+                await self._reader.execute(pragma)
         except BaseException:
             await self.close()
             raise
+        self._commits = GroupCommit(self._writer)
 
-    async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+    def _pragmas(self) -> list[str]:
+        return [
+            "PRAGMA foreign_keys = ON",
+            "PRAGMA busy_timeout = 5000",
+            f"PRAGMA synchronous = {self._synchronous}",
+        ]
+
+    def _sync_connection(self) -> sqlite3.Connection:
+        # Used from the event loop and the commit thread, never from two at once.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
-        await db.execute("PRAGMA foreign_keys = ON")
-        await db.execute("PRAGMA busy_timeout = 5000")
-        await db.execute(f"PRAGMA synchronous = {self._synchronous}")
+        for pragma in self._pragmas():
+            db.execute(pragma)
         return db
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        await db.execute("BEGIN IMMEDIATE")
+    def _open_writer(self) -> sqlite3.Connection:
+        db = self._sync_connection()
         try:
-            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            rows = list(await db.execute_fetchall("SELECT version FROM schema_version"))
+            db.execute("PRAGMA journal_mode = WAL")
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            rows = db.execute("SELECT version FROM schema_version").fetchall()
             current = rows[0][0] if rows else 0
             if current > len(MIGRATIONS):
                 raise RuntimeError(
@@ -539,25 +566,40 @@ class SqliteStore:
                 )
             for script in MIGRATIONS[current:]:
                 for statement in _statements(script):
-                    await db.execute(statement)
-            await db.execute("DELETE FROM schema_version")
-            await db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
-            await db.execute("COMMIT")
+                    db.execute(statement)
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+            db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
 
     async def close(self) -> None:
-        for db in (self._reader, self._writer):
+        commits, self._commits = self._commits, None
+        if commits is not None:
+            await commits.close()
+        if self._reader is not None:
+            await self._reader.close()
+        for db in (self._point, self._writer):
             if db is not None:
-                await db.close()
-        self._reader = self._writer = None
+                db.close()
+        self._reader = self._point = self._writer = None
 
     @property
     def reader(self) -> aiosqlite.Connection:
         if self._reader is None:
             raise StoreUnavailable("the store is not open")
         return self._reader
+
+    def _lookup(self, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
+        """A primary-key read on the event loop: cheaper than any thread hop."""
+        if self._point is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            row: sqlite3.Row | None = self._point.execute(sql, params).fetchone()
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(str(error)) from error
+        return row
 
     async def ping(self) -> None:
         try:
@@ -567,38 +609,34 @@ class SqliteStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTx]:
-        if self._writer is None:
+        if self._commits is None:
             raise StoreUnavailable("the store is not open")
-        async with self._write_lock:
-            db = self._writer
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as error:
-                raise StoreUnavailable(str(error)) from error
-            try:
-                yield SqliteTx(db)
-                await db.execute("COMMIT")
-            except sqlite3.OperationalError as error:
-                # Locked or busy: a temporary problem that callers answer with 503.
-                await db.execute("ROLLBACK")
-                raise StoreUnavailable(str(error)) from error
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+        try:
+            async with self._commits.transaction() as conn:
+                yield SqliteTx(conn)
+        except sqlite3.OperationalError as error:
+            # Locked, busy, disk full: a temporary problem that callers answer with 503.
+            raise StoreUnavailable(str(error)) from error
+
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        """(logical transactions, SQLite commits) so far: how well commits are grouped."""
+        commits = self._commits
+        return (0, 0) if commits is None else (commits.transactions, commits.groups)
 
     async def _rows(self, sql: str, params: Sequence[Any]) -> Iterable[sqlite3.Row]:
         return await self.reader.execute_fetchall(sql, params)
 
     async def get_run(self, run_id: str) -> Run | None:
-        rows = list(await self._rows(SELECT_RUN, (run_id,)))
-        return run_from_row(rows[0]) if rows else None
+        row = self._lookup(SELECT_RUN, (run_id,))
+        return None if row is None else run_from_row(row)
 
     async def runs_of_event(self, event_id: str) -> list[Run]:
         return [run_from_row(row) for row in await self._rows(SELECT_RUNS_OF_EVENT, (event_id,))]
 
     async def get_event(self, event_id: str) -> Event | None:
-        rows = list(await self._rows(SELECT_EVENT, (event_id,)))
-        return event_from_row(rows[0]) if rows else None
+        row = self._lookup(SELECT_EVENT, (event_id,))
+        return None if row is None else event_from_row(row)
 
     async def list_runs(
         self,
@@ -643,8 +681,8 @@ class SqliteStore:
         ]
 
     async def get_task(self, task_id: str) -> Task | None:
-        rows = list(await self._rows(SELECT_TASK, (task_id,)))
-        return task_from_row(rows[0]) if rows else None
+        row = self._lookup(SELECT_TASK, (task_id,))
+        return None if row is None else task_from_row(row)
 
     async def history(
         self,
@@ -684,17 +722,17 @@ class SqliteStore:
 
     async def prune_runs(self, before: float, limit: int) -> int:
         async with self.transaction() as tx:
-            run_ids = [row[0] for row in await tx._all(SELECT_EXPIRED_RUNS, (before, limit))]
+            run_ids = [row[0] for row in tx._all(SELECT_EXPIRED_RUNS, (before, limit))]
             for run_id in run_ids:
                 for statement in DELETE_RUN_PARTS:
-                    await tx._db.execute(statement, (run_id,))
+                    await tx.changed_rows(statement, (run_id,))
             # Delivery ids go with their last run, and never before the runs' own age.
-            await tx._db.execute(DELETE_ORPHAN_EVENTS, (before,))
+            await tx.changed_rows(DELETE_ORPHAN_EVENTS, (before,))
         return len(run_ids)
 
     async def lookup_token(self, token_hash: str) -> tuple[str, int] | None:
-        rows = list(await self._rows(SELECT_CAPABILITY, (token_hash,)))
-        return (rows[0][0], rows[0][1]) if rows else None
+        row = self._lookup(SELECT_CAPABILITY, (token_hash,))
+        return None if row is None else (row[0], row[1])
 
     async def last_cron_fire(self, trigger: str) -> str | None:
         rows = list(await self._rows(SELECT_LAST_CRON_FIRE, (trigger,)))
