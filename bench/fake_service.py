@@ -1,7 +1,8 @@
 """The external service every benchmark talks to: jobs finish after a fixed delay.
 
 POST /jobs registers a job and answers 202 at once. A job that came with a callback URL is
-reported there, signed with the secret it came with (the orchestrator's path); GET
+reported there, signed with the secret it came with (the orchestrator's path), through the
+lean keep-alive client in rawhttp.py so that the service is not the bottleneck; GET
 /jobs/{id} answers its status (the polling baselines' path). Completion is a timer, never a
 sleep. GET /stats tells when the first and last registrations arrived.
 
@@ -19,14 +20,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from orchestrator.outgoing import http_client
+from bench.rawhttp import RawClient, request_bytes
 from orchestrator.signing import sign_headers
 
 
@@ -36,7 +36,8 @@ class Service:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.first: float | None = None
         self.last: float | None = None
-        self.http = http_client(64)
+        self.clients: dict[str, RawClient] = {}
+        self.answers: dict[int, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def register(self, request: Request) -> Response:
@@ -59,28 +60,42 @@ class Service:
             task.add_done_callback(self._tasks.discard)
 
     async def _call_back(self, job: dict[str, Any]) -> None:
+        url = job["callback_url"]
         body = json.dumps({"status": "succeeded", "output": {"item": job.get("item")}}).encode()
-        headers = {**sign_headers(job["callback_secret"], body), "content-type": "application/json"}
-        with contextlib.suppress(httpx.HTTPError):  # the orchestrator may be gone at shutdown
-            await self.http.post(job["callback_url"], content=body, headers=headers)
+        headers = {**sign_headers(job["callback_secret"], body), "Content-Type": "application/json"}
+        origin = url.split("/callbacks/")[0]
+        client = self.clients.get(origin) or self.clients.setdefault(origin, RawClient(origin, 64))
+        # The orchestrator may be gone at shutdown.
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            status, _ = await client.send(request_bytes("POST", url, headers, body))
+            self.answers[status] = self.answers.get(status, 0) + 1
 
     async def status(self, request: Request) -> Response:
         job = self.jobs.get(request.path_params["job_id"])
         return JSONResponse({"done": bool(job and job["done"])})
 
     async def stats(self, request: Request) -> Response:
-        return JSONResponse({"jobs": len(self.jobs), "first": self.first, "last": self.last})
+        return JSONResponse(
+            {
+                "jobs": len(self.jobs),
+                "first": self.first,
+                "last": self.last,
+                "answers": self.answers,
+            }
+        )
 
     async def reset(self, request: Request) -> Response:
         self.jobs.clear()
+        self.answers.clear()
         self.first = self.last = None
         return JSONResponse({})
 
     def app(self) -> Starlette:
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            async with self.http:
-                yield
+            yield
+            for client in self.clients.values():
+                client.close()
 
         return Starlette(
             routes=[

@@ -17,3 +17,8 @@ async def remote(ctx: Context, item: Any) -> AwaitCallback[Any]:
         },
     )
     return ctx.await_callback(timeout="10m")
+
+
+async def park(ctx: Context, item: Any) -> AwaitCallback[Any]:
+    """Wait for a callback that the benchmark sends itself (or never sends): no service call."""
+    return ctx.await_callback(timeout="1h")

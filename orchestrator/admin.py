@@ -162,7 +162,14 @@ async def stream_events(request: Request) -> Response:
         raise HttpError(400, "bad_parameter", "Last-Event-ID / after must be a history id")
     engine = _engine(request)
     run_filter = request.query_params.get("run")
+    type_param = request.query_params.get("type")
+    types = None if type_param is None else frozenset(type_param.split(","))
     subscription = engine.bus.subscribe()
+
+    def wanted(entry: HistoryEntry) -> bool:
+        return (run_filter is None or entry.run_id == run_filter) and (
+            types is None or entry.type in types
+        )
 
     async def events() -> AsyncIterator[str]:
         with subscription:
@@ -171,11 +178,14 @@ async def stream_events(request: Request) -> Response:
             if last is not None:
                 async for entry in _backlog(engine.store, last, run_filter):
                     last = entry.id
-                    yield _sse(entry)
+                    if wanted(entry):
+                        yield _sse(entry)
             iterator = aiter(subscription)
             while True:
                 try:
-                    entry = await asyncio.wait_for(anext(iterator), SSE_KEEPALIVE_SECONDS)
+                    # A timer per wait, not a task per entry as wait_for would make.
+                    async with asyncio.timeout(SSE_KEEPALIVE_SECONDS):
+                        entry = await anext(iterator)
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
@@ -183,7 +193,7 @@ async def stream_events(request: Request) -> Response:
                     return  # fell behind: the client reconnects with Last-Event-ID
                 if last is not None and entry.id is not None and entry.id <= last:
                     continue
-                if run_filter is None or entry.run_id == run_filter:
+                if wanted(entry):
                     yield _sse(entry)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -94,6 +94,7 @@ def create_app(
                 public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
                 callback_key=key.get_secret_value().encode() if key else None,
                 handler_threads=settings.handler_threads,
+                max_running_handlers=settings.max_running_handlers,
             )
             app.state.engine = engine
             running = [asyncio.ensure_future(job(engine)) for job in background]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httpx
@@ -74,7 +74,7 @@ class AdminClient:
             after = page["next_after"]
 
     async def stream(
-        self, after: int | None = 0, run_id: str | None = None
+        self, after: int | None = 0, run_id: str | None = None, types: Iterable[str] = ()
     ) -> AsyncIterator[HistoryEntry]:
         """History entries as the server streams them (Server-Sent Events), until cancelled."""
         params: dict[str, Any] = {}
@@ -82,6 +82,8 @@ class AdminClient:
             params["after"] = after
         if run_id is not None:
             params["run"] = run_id
+        if types:
+            params["type"] = ",".join(types)
         async with self._http.stream("GET", "/admin/events/stream", params=params) as response:
             if response.status_code != 200:
                 await response.aread()

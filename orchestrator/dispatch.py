@@ -3,6 +3,12 @@
 Ready tasks pass admission (concurrency, exclusive, rate); the admitted batch is marked
 dispatched in one transaction and its handlers start concurrently. A pending task with a
 not-before time (retry backoff) waits on the timer heap, never in a sleeping loop.
+
+Two bounds keep memory flat however large a fan-out is: at most `max_running` handler
+coroutines at once (a remote handler returns as soon as it has handed off, so this bounds
+memory, not the work in flight at services), and only deadlines within `deadline_window`
+sit on the timer heap; later ones stay in the store, and one heap entry loads them when
+the earliest comes within the window.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ log = structlog.get_logger("orchestrator.dispatch")
 ResultFn = Callable[["Ready", Invocation], Awaitable[None]]
 
 STORE_RETRY_SECONDS = 1.0
+MAX_RUNNING_HANDLERS = 1024
+DEADLINE_WINDOW = 300.0
+WINDOW_KEY = ("deadlines", "window")
+_PAYLOAD_CACHE_SIZE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,8 @@ class Dispatcher:
         public_url: str,
         services: Mapping[str, ServiceSpec],
         key: bytes | None = None,
+        max_running: int = MAX_RUNNING_HANDLERS,
+        deadline_window: float = DEADLINE_WINDOW,
     ) -> None:
         self._store = store
         self._timers = timers
@@ -108,6 +120,13 @@ class Dispatcher:
         self._handlers: dict[str, Handler] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._max_running = max_running
+        self._starting = 0
+        self._pump_soon: asyncio.Handle | None = None
+        self._payloads: dict[str, Mapping[str, Any]] = {}
+        self._window = deadline_window
+        self._window_due: float | None = None
+        self._released_while_loading: set[str] | None = None
 
     @property
     def running(self) -> int:
@@ -143,6 +162,8 @@ class Dispatcher:
         freed = False
         for task_id in task_ids:
             self._timers.cancel(timer_key(task_id))
+            if self._released_while_loading is not None:
+                self._released_while_loading.add(task_id)
             freed = self._admission.release(task_id) or freed
         if freed:
             self._pump()
@@ -156,10 +177,35 @@ class Dispatcher:
 
     def arm_deadline(self, task: Task) -> None:
         """Time out this dispatched task at its `due_at` (or never, without one)."""
-        if task.due_at is None:
+        due = task.due_at
+        if due is None or due > self._clock() + self._window:
             self._timers.cancel(timer_key(task.id))
+            if due is not None:
+                self._load_window_at(due - self._window)
         else:
-            self._timers.schedule(timer_key(task.id), task.due_at, self._timeout(task))
+            self._timers.schedule(timer_key(task.id), due, self._timeout(task))
+
+    def _load_window_at(self, at: float) -> None:
+        if self._window_due is None or at < self._window_due:
+            self._window_due = at
+            self._timers.schedule(WINDOW_KEY, at, self._load_window)
+
+    async def _load_window(self) -> None:
+        """Put the deadlines now within the window on the heap; wake again for the next."""
+        self._window_due = None
+        horizon = self._clock() + self._window
+        released = self._released_while_loading = set()
+        try:
+            tasks = await self._store.deadlines_before(horizon)
+            later = await self._store.next_deadline(horizon)
+        finally:
+            self._released_while_loading = None
+        for task in tasks:
+            # A task that ended while the store was read keeps no timer.
+            if task.id not in released and task.due_at is not None:
+                self._timers.schedule(timer_key(task.id), task.due_at, self._timeout(task))
+        if later is not None:
+            self._load_window_at(later - self._window)
 
     def hold(self, item: Ready) -> None:
         """Count a task that is already in flight (awaiting its callback) against its limits.
@@ -181,11 +227,21 @@ class Dispatcher:
         return f"{self._public_url}/callbacks/{callback_token(self._key, task.id, task.attempt)}"
 
     def _pump(self) -> None:
-        admitted, wake_at = self._admission.take(self._clock())
+        self._pump_soon = None
+        room = self._max_running - len(self._running) - self._starting
+        if room <= 0:
+            return  # a handler that ends pumps again
+        admitted, wake_at = self._admission.take(self._clock(), room)
         if wake_at is not None:
             self._timers.schedule(("rate", "wake"), wake_at, self._wake)
         if admitted:
+            self._starting += len(admitted)
             self._spawn(self._start(admitted))
+
+    def _pump_later(self) -> None:
+        """Pump once after this step of the loop: handlers ending together start one batch."""
+        if self._pump_soon is None:
+            self._pump_soon = asyncio.get_running_loop().call_soon(self._pump)
 
     async def _wake(self) -> None:
         self._pump()
@@ -196,6 +252,13 @@ class Dispatcher:
         task.add_done_callback(self._background.discard)
 
     async def _start(self, batch: list[Ready]) -> None:
+        try:
+            await self._start_batch(batch)
+        finally:
+            self._starting -= len(batch)
+            self._pump_later()
+
+    async def _start_batch(self, batch: list[Ready]) -> None:
         now = self._clock()
         try:
             await self.key()
@@ -291,9 +354,16 @@ class Dispatcher:
         return task_secret(self._key, task.id, task.attempt)
 
     async def _event_payload(self, tx: StoreTx, run_id: str) -> Mapping[str, Any]:
-        run = await tx.get_run(run_id)
-        event = None if run is None else await tx.get_event(run.event_id)
-        return {} if event is None else event.payload
+        """The payload of the run's event, read once per run (a fan-out's list can be large)."""
+        payload = self._payloads.get(run_id)
+        if payload is None:
+            run = await tx.get_run(run_id)
+            event = None if run is None else await tx.get_event(run.event_id)
+            payload = {} if event is None else event.payload
+            if len(self._payloads) >= _PAYLOAD_CACHE_SIZE:
+                self._payloads.pop(next(iter(self._payloads)))
+            self._payloads[run_id] = payload
+        return payload
 
     def _launch(self, item: Ready, ctx: Context) -> None:
         self.arm_deadline(item.task)
@@ -323,6 +393,7 @@ class Dispatcher:
         # Leave the running set before reporting, so that nothing the report causes can
         # cancel this very coroutine half-way through its report.
         self._running.pop(item.task.id, None)
+        self._pump_later()
         try:
             await self._on_result(item, result)
         except Exception:
@@ -331,6 +402,8 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Stop handlers still running; their tasks stay dispatched and restart re-dispatches them."""
+        if self._pump_soon is not None:
+            self._pump_soon.cancel()
         for task in self._running.values():
             task.cancel()
         pending = [*self._running.values(), *self._background]

@@ -24,7 +24,7 @@ import structlog
 from orchestrator.advance import Advance, Applied, Outbox
 from orchestrator.barrier import Arrival, Barrier
 from orchestrator.bus import HistoryBus
-from orchestrator.dispatch import Dispatcher, Ready
+from orchestrator.dispatch import DEADLINE_WINDOW, MAX_RUNNING_HANDLERS, Dispatcher, Ready
 from orchestrator.ids import new_id
 from orchestrator.invoke import Handoff, Invocation, Redispatch
 from orchestrator.model import ServiceSpec, StepSpec, TriggerSpec, WorkflowSpec
@@ -83,6 +83,8 @@ class Engine:
         rng: random.Random | None = None,
         executor: Executor | None = None,
         handler_threads: int = 32,
+        max_running_handlers: int = MAX_RUNNING_HANDLERS,
+        deadline_window: float = DEADLINE_WINDOW,
         bus: HistoryBus | None = None,
     ) -> None:
         self.store = store
@@ -109,6 +111,8 @@ class Engine:
             public_url=public_url,
             services=self.services,
             key=callback_key,
+            max_running=max_running_handlers,
+            deadline_window=deadline_window,
         )
 
     @contextlib.asynccontextmanager

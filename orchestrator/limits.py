@@ -50,12 +50,13 @@ class Admission(Generic[T]):
         state.limits = limits
         state.waiting.append((item_id, item))
 
-    def take(self, now: float) -> tuple[list[T], float | None]:
-        """Items that may start now, and the earliest time a rate-limited lane may start more."""
+    def take(self, now: float, room: int | None = None) -> tuple[list[T], float | None]:
+        """Items that may start now (at most `room`), and the earliest time a rate-limited
+        lane may start more."""
         admitted: list[T] = []
         wake_at: float | None = None
         for key, lane in self._lanes.items():
-            while lane.waiting:
+            while lane.waiting and (room is None or len(admitted) < room):
                 blocked_until = self._blocked(lane, now)
                 if blocked_until is not None:
                     if blocked_until > now:
@@ -107,12 +108,14 @@ class Admission(Generic[T]):
         return None
 
     def _admit(self, key: Hashable, lane: _Lane[T], item_id: str, now: float) -> None:
+        if lane.limits.rate is not None:
+            lane.starts.append(now)
+        if lane.limits.concurrency is None and lane.limits.resource is None:
+            return  # nothing to hold: 100,000 tasks in flight cost no memory here
         lane.in_flight += 1
         if lane.limits.resource is not None:
             resource = lane.limits.resource
             self._busy_resources[resource] = self._busy_resources.get(resource, 0) + 1
-        if lane.limits.rate is not None:
-            lane.starts.append(now)
         self._admitted[item_id] = (key, lane.limits.resource)
 
     def _drop_idle_lanes(self) -> None:

@@ -217,6 +217,7 @@ PATHS: dict[str, dict[str, Any]] = {
             {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
             parameters=[
                 _query("run", "only this run"),
+                _query("type", "only these entry types, comma-separated"),
                 _query("after", "resume after this id", "integer"),
             ],
         )

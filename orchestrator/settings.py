@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     handler_threads: int = Field(default=32, ge=1, description="worker threads for sync handlers")
+    max_running_handlers: int = Field(
+        default=1024,
+        ge=1,
+        description="handler invocations running at once; more ready tasks wait their turn",
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     services: dict[str, ServiceSpec] = Field(default_factory=dict)
     workflows: dict[str, WorkflowSpec] = Field(default_factory=dict)

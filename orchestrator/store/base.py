@@ -159,3 +159,9 @@ class Store(Protocol):
         """Delete up to `limit` runs finished before `before`, with everything of theirs."""
 
     async def unfinished(self) -> Unfinished: ...
+
+    async def deadlines_before(self, until: float) -> list[Task]:
+        """Dispatched tasks of running runs whose deadline is before `until`."""
+
+    async def next_deadline(self, after: float) -> float | None:
+        """The earliest deadline of a dispatched task at or after `after`, if any."""

@@ -112,6 +112,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 3: deadlines far ahead stay in the store; the dispatcher reads them a window at a time.
+    """
+    CREATE INDEX tasks_deadlines ON tasks (due_at) WHERE state = 'dispatched';
+    """,
 ]
 
 SELECT_EVENT = "SELECT * FROM events WHERE id = ?"
@@ -212,6 +216,12 @@ SELECT_UNFINISHED_TASKS = """
     WHERE tasks.state IN ('pending', 'dispatched') AND runs.status = 'running'
     ORDER BY tasks.rowid
 """
+SELECT_DEADLINES_BEFORE = """
+    SELECT tasks.* FROM tasks JOIN runs ON runs.id = tasks.run_id
+    WHERE tasks.state = 'dispatched' AND tasks.due_at < ? AND runs.status = 'running'
+    ORDER BY tasks.due_at
+"""
+SELECT_NEXT_DEADLINE = "SELECT min(due_at) FROM tasks WHERE state = 'dispatched' AND due_at >= ?"
 SELECT_WAITING_BARRIERS = """
     SELECT barriers.* FROM barriers JOIN runs ON runs.id = barriers.run_id
     WHERE barriers.status = 'waiting' AND runs.status = 'running'
@@ -745,6 +755,13 @@ class SqliteStore:
                 await tx.insert_meta("server_key", secrets.token_hex(32))
             rows = list(await self._rows(SELECT_META, ("server_key",)))
         return bytes.fromhex(rows[0][0])
+
+    async def deadlines_before(self, until: float) -> list[Task]:
+        return [task_from_row(row) for row in await self._rows(SELECT_DEADLINES_BEFORE, (until,))]
+
+    async def next_deadline(self, after: float) -> float | None:
+        rows = list(await self._rows(SELECT_NEXT_DEADLINE, (after,)))
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     async def unfinished(self) -> Unfinished:
         tasks = [task_from_row(row) for row in await self._rows(SELECT_UNFINISHED_TASKS, ())]

@@ -139,8 +139,31 @@ def test_rate_limit_does_not_depend_on_release() -> None:
     limits = LaneLimits(rate=Rate(count=1, per=5.0))
     offer_all(admission, "api", limits, ["a", "b"])
     assert admission.take(0.0) == (["a"], 5.0)
-    assert admission.release("a") is True
+    assert admission.release("a") is False, "a rate-only lane holds no slot to free"
     assert admission.take(1.0) == ([], 5.0)
+
+
+def test_unlimited_lanes_hold_nothing_in_flight() -> None:
+    """Tasks of a lane without concurrency or resource limits are not tracked once admitted,
+    so 100,000 tasks awaiting callbacks cost admission no memory."""
+    admission: Admission[str] = Admission()
+    offer_all(admission, "free", LaneLimits(), [f"t{i}" for i in range(1000)])
+    admitted, _ = admission.take(0.0)
+    assert len(admitted) == 1000
+    assert admission.in_flight("free") == 0
+    assert admission.release("t1") is False
+    assert admission._admitted == {}
+    assert admission._lanes == {}
+
+
+def test_take_admits_at_most_room_in_lane_order() -> None:
+    """With room for n, take admits the first n waiting items and keeps the rest queued."""
+    admission: Admission[str] = Admission()
+    offer_all(admission, "a", LaneLimits(), ["a1", "a2", "a3"])
+    offer_all(admission, "b", LaneLimits(), ["b1"])
+    assert admission.take(0.0, room=2) == (["a1", "a2"], None)
+    assert admission.waiting() == 2
+    assert admission.take(0.0, room=5) == (["a3", "b1"], None)
 
 
 def test_wake_time_is_the_earliest_over_lanes() -> None:
@@ -203,6 +226,6 @@ def test_release_frees_what_was_held_even_if_the_lane_changed_its_limits() -> No
     admission.offer("lane", LaneLimits(), "b", "b")  # a run fired after a config edit
     assert admission.take(0.0)[0] == ["b"]
     assert admission.release("a")
-    assert admission.release("b")
+    assert not admission.release("b"), "admitted without limits, b held nothing"
     admission.offer("other", LaneLimits(resource="crm"), "c", "c")
     assert admission.take(0.0)[0] == ["c"], "crm is free again"
