@@ -26,8 +26,17 @@ async def accept(request: Request) -> Response:
     return JSONResponse({"status": "accepted", "detail": "bare endpoint"})
 
 
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
 def app() -> Starlette:
-    return Starlette(routes=[Route("/callbacks/{token}", accept, methods=["POST"])])
+    return Starlette(
+        routes=[
+            Route("/callbacks/{token}", accept, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from orchestrator.invoke import AwaitCallback, Context
 
 
-async def remote(ctx: Context, item: Any) -> AwaitCallback[Any]:
+async def remote(ctx: Context, item: Any = None) -> AwaitCallback[Any]:
     await ctx.dispatch(
         ctx.event["service"],
         json={

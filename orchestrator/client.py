@@ -56,6 +56,10 @@ class AdminClient:
         result: dict[str, Any] = await self._json("POST", f"/admin/runs/{run_id}/retry")
         return result
 
+    async def cancel(self, run_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("POST", f"/admin/runs/{run_id}/cancel")
+        return result
+
     async def run(self, run_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", f"/admin/runs/{run_id}")
         return result

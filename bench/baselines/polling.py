@@ -4,14 +4,20 @@
 * `fan_out`: start every job at once (asyncio), then each asks every `interval` seconds.
 
 This file is the baseline, so it polls on purpose: it is what the product is measured against.
+It uses the orchestrator's own outgoing client (orchestrator.outgoing), so that the
+comparison is between waiting designs, not between HTTP connection pools.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import time
 
 import httpx
+
+from orchestrator.outgoing import http_client
 
 
 async def _wait_done(client: httpx.AsyncClient, url: str, job_id: str, interval: float) -> int:
@@ -31,7 +37,7 @@ async def _one(client: httpx.AsyncClient, url: str, item: int, interval: float) 
 async def sequential(url: str, items: int, interval: float = 1.0) -> tuple[float, int]:
     """(wall seconds, status requests) for the one-after-another polling loop."""
     started = time.monotonic()
-    async with httpx.AsyncClient() as client:
+    async with http_client(1) as client:
         asks = [await _one(client, url, item, interval) for item in range(items)]
     return time.monotonic() - started, sum(asks)
 
@@ -39,7 +45,50 @@ async def sequential(url: str, items: int, interval: float = 1.0) -> tuple[float
 async def fan_out(url: str, items: int, interval: float = 1.0) -> tuple[float, int]:
     """(wall seconds, status requests) for the start-all-then-poll-each fan-out."""
     started = time.monotonic()
-    limits = httpx.Limits(max_connections=100)
-    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+    async with http_client(100) as client:
         asks = await asyncio.gather(*(_one(client, url, item, interval) for item in range(items)))
     return time.monotonic() - started, sum(asks)
+
+
+async def hold(url: str, items: int, seconds: float, interval: float = 1.0) -> tuple[int, float]:
+    """Start `items` jobs that do not finish, then poll each every `interval` for `seconds`:
+    (status requests, CPU seconds this process spent polling). The cost of waiting, the
+    polling way."""
+    asks = 0
+    async with http_client(100) as client:
+        jobs = [
+            (await client.post(f"{url}/jobs", json={"item": item})).json()["id"]
+            for item in range(items)
+        ]
+
+        async def poll(job_id: str) -> None:
+            nonlocal asks
+            while True:  # the status loop being measured against
+                asks += 1
+                await client.get(f"{url}/jobs/{job_id}")
+                await asyncio.sleep(interval)
+
+        cpu = time.process_time()
+        polls = [asyncio.ensure_future(poll(job)) for job in jobs]
+        await asyncio.wait(polls, timeout=seconds)
+        cpu = time.process_time() - cpu
+        for task in polls:
+            task.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
+    return asks, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Hold jobs that never finish and poll them, on its own (bench/waiting.py)"
+    )
+    parser.add_argument("url", help="the fake service")
+    parser.add_argument("--hold", type=int, required=True, help="jobs to start and poll")
+    parser.add_argument("--seconds", type=float, required=True, help="how long to poll")
+    args = parser.parse_args()
+    asks, cpu = asyncio.run(hold(args.url, args.hold, args.seconds))
+    print(json.dumps({"asks": asks, "cpu": cpu}))
+
+
+if __name__ == "__main__":
+    main()

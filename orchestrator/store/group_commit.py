@@ -4,7 +4,8 @@ A completion is a handful of short statements; what costs is the commit (an fsyn
 synchronous=FULL) and, with aiosqlite, a thread hop per statement. So the statements of a
 logical transaction run directly on the calling thread (each takes microseconds on a
 WAL file) inside a SAVEPOINT, and only BEGIN and COMMIT, which may wait on a lock or
-the disk, go to the connection's own thread. Logical transactions that queue up while a
+the disk, go to the connection's own thread (BEGIN only when another connection holds
+SQLite's write lock: an uncontended BEGIN is tried on the spot). Logical transactions that queue up while a
 commit is in flight join the next group; each caller resumes only after the commit that
 holds its changes, so nothing is acknowledged before it is durable.
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from orchestrator.store.base import StoreUnavailable
 
 MAX_GROUP = 512
+BUSY_TIMEOUT_MS = 5000
 
 
 @dataclass(eq=False, slots=True)
@@ -49,6 +51,9 @@ class GroupCommit:
         self._committing: asyncio.Future[None] | None = None
         self.groups = 0
         self.transactions = 0
+        # Statements on the event loop must never wait for a lock: BUSY at once, and the
+        # waiting BEGIN goes to the thread (_begin).
+        conn.execute("PRAGMA busy_timeout = 0")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[sqlite3.Connection]:
@@ -81,23 +86,45 @@ class GroupCommit:
                 await asyncio.shield(self._committing)
             elif self._opening is not None:
                 await asyncio.shield(self._opening)
+            elif self._begin_now():
+                break
             else:
                 self._opening = asyncio.ensure_future(self._begin())
                 self._opening.add_done_callback(_retrieve)
+        assert self._group is not None  # noqa: S101 - the loop ends with an open group
         return self._group
+
+    def _begin_now(self) -> bool:
+        """Open a group on the spot if SQLite's write lock is free."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False  # busy: another connection writes; wait for it in the thread
+        self._opened(asyncio.get_running_loop())
+        return True
 
     async def _begin(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._thread, self._conn.execute, "BEGIN IMMEDIATE")
+            await loop.run_in_executor(self._thread, self._begin_waiting)
         except sqlite3.Error as error:
             raise StoreUnavailable(str(error)) from error
         finally:
             self._opening = None
-        self._group = Group(loop.create_future())
-        self.groups += 1
+        self._opened(loop)
         # If whoever opened it was cancelled meanwhile, nobody would seal it: check soon.
         loop.call_soon(self._seal_if_idle)
+
+    def _begin_waiting(self) -> None:
+        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        finally:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+
+    def _opened(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._group = Group(loop.create_future())
+        self.groups += 1
 
     def _undo(self, group: Group, error: BaseException) -> None:
         """Roll back one logical transaction; if SQLite already dropped the whole
