@@ -21,6 +21,7 @@ from starlette.routing import Route
 from orchestrator.engine import Engine, Verdict
 from orchestrator.http import HttpError, parse_json_object, read_body
 from orchestrator.invoke import HandlerImportError
+from orchestrator.model import StepSpec
 from orchestrator.records import HistoryEntry, Task
 from orchestrator.signing import SignatureError, verify
 from orchestrator.states import Outcome
@@ -70,27 +71,23 @@ async def _reject(
 
 async def _authenticated(
     request: Request, kind: str
-) -> tuple[Engine, Task, dict[str, Any], int, bytes, str]:
+) -> tuple[Engine, Task, StepSpec, int, bytes, str]:
     """The task, its step's spec and the attempt behind the token, the raw body, and the
     verified webhook-id."""
     engine = _engine(request)
     limits: CallbackLimits = request.app.state.callback_limits
-    found = await engine.store.lookup_token(token_hash(request.path_params["token"]))
+    found = await engine.store.callback_target(token_hash(request.path_params["token"]))
     if found is None:
         raise await _reject(
             engine, None, HttpError(404, "unknown_token", "no task has this callback token"), kind
         )
-    task_id, attempt = found
-    task = await engine.store.get_task(task_id)
-    assert task is not None  # noqa: S101 - a foreign key guarantees it
-    run = await engine.store.get_run(task.run_id)
-    assert run is not None  # noqa: S101 - a foreign key guarantees it
-    step: dict[str, Any] = run.spec["steps"][task.step]
+    task, attempt = found
+    step = (await engine.workflow_of(task.run_id)).steps[task.step]
     try:
         body = await read_body(request, limits.body_limit)
     except HttpError as error:
         raise await _reject(engine, task, error, kind) from None
-    service = engine.services.get(step.get("service") or "")
+    service = engine.services.get(step.service or "")
     accepted = [
         *(service.secret_values() if service else []),
         task_secret(await engine.callback_key(), task.id, attempt),
@@ -111,7 +108,7 @@ async def complete(request: Request) -> Response:
     )
     try:
         parsed = CallbackBody.model_validate(parse_json_object(body))
-        output = _checked_output(engine, step["handler"], parsed)
+        output = _checked_output(engine, step.handler, parsed)
     except HttpError as error:
         raise await _reject(engine, task, error) from None
     except pydantic.ValidationError as error:

@@ -399,6 +399,16 @@ class Engine:
 
         self.timers.schedule(step_deadline_key(run_id, step), barrier.deadline_at, fire)
 
+    async def workflow_of(self, run_id: str) -> WorkflowSpec:
+        """The workflow a run was fired with (cached; read from the store when not)."""
+        spec = self._specs.get(run_id)
+        if spec is None:
+            run = await self.store.get_run(run_id)
+            if run is None:
+                raise LookupError(f"no run {run_id!r}")
+            spec = self._spec(run)
+        return spec
+
     def _spec(self, run: Run) -> WorkflowSpec:
         """The workflow as it was when the run was fired, parsed once per run."""
         spec = self._specs.get(run.id)

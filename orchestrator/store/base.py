@@ -143,6 +143,9 @@ class Store(Protocol):
     async def lookup_token(self, token_hash: str) -> tuple[str, int] | None:
         """(task id, attempt) a callback token was issued for, by the token's hash."""
 
+    async def callback_target(self, token_hash: str) -> tuple[Task, int] | None:
+        """The task a callback token names, and the attempt the token was made for."""
+
     async def last_cron_fire(self, trigger: str) -> str | None:
         """The dedup key of the trigger's latest cron fire (`2026-11-23T06:42:00Z`), if any."""
 

@@ -7,6 +7,7 @@ a second connection serves reads, which WAL lets run beside a write.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import sqlite3
@@ -161,6 +162,11 @@ INSERT_CAPABILITY = """
     ON CONFLICT (token_hash) DO NOTHING
 """
 SELECT_CAPABILITY = "SELECT task_id, attempt FROM callback_tokens WHERE token_hash = ?"
+SELECT_CALLBACK_TARGET = """
+    SELECT tasks.*, callback_tokens.attempt AS token_attempt
+    FROM callback_tokens JOIN tasks ON tasks.id = callback_tokens.task_id
+    WHERE callback_tokens.token_hash = ?
+"""
 SELECT_RECEIPT = "SELECT body_hash FROM callback_receipts WHERE task_id = ? AND webhook_id = ?"
 INSERT_RECEIPT = """
     INSERT INTO callback_receipts (task_id, webhook_id, body_hash, received_at) VALUES (?, ?, ?, ?)
@@ -247,6 +253,17 @@ def event_from_row(row: sqlite3.Row) -> Event:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _spec(text: str) -> Any:
+    """A run's spec, parsed once: every completion reads its run, and specs never change."""
+    return json.loads(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _policy(text: str) -> JoinPolicy:
+    return JoinPolicy.model_validate_json(text)
+
+
 def run_from_row(row: sqlite3.Row) -> Run:
     return Run(
         id=row["id"],
@@ -255,7 +272,7 @@ def run_from_row(row: sqlite3.Row) -> Run:
         status=RunState(row["status"]),
         created_at=row["created_at"],
         finished_at=row["finished_at"],
-        spec=json.loads(row["spec"]),
+        spec=_spec(row["spec"]),
     )
 
 
@@ -268,7 +285,7 @@ def barrier_from_row(row: sqlite3.Row) -> Barrier:
         succeeded=row["succeeded"],
         failed=row["failed"],
         status=BarrierStatus(row["status"]),
-        policy=JoinPolicy.model_validate_json(row["policy"]),
+        policy=_policy(row["policy"]),
         deadline_at=row["deadline_at"],
         decided_at=row["decided_at"],
         reason=row["reason"],
@@ -743,6 +760,10 @@ class SqliteStore:
     async def lookup_token(self, token_hash: str) -> tuple[str, int] | None:
         row = self._lookup(SELECT_CAPABILITY, (token_hash,))
         return None if row is None else (row[0], row[1])
+
+    async def callback_target(self, token_hash: str) -> tuple[Task, int] | None:
+        row = self._lookup(SELECT_CALLBACK_TARGET, (token_hash,))
+        return None if row is None else (task_from_row(row), row["token_attempt"])
 
     async def last_cron_fire(self, trigger: str) -> str | None:
         rows = list(await self._rows(SELECT_LAST_CRON_FIRE, (trigger,)))
