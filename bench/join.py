@@ -2,12 +2,12 @@
 
 Workflow `join`: step `a` (remote) and step `b` (remote, needs a). This driver plays the
 service: a receiver in this process takes each dispatch; the driver sends a's callback on
-a pre-opened keep-alive connection with pre-built bytes and times until b's dispatch
-arrives at the receiver. That round trip includes more than the join (reading and
-verifying the callback, its commit, the dispatch transaction and the HTTP dispatch): an
-upper bound. The figure held to the goal is the engine's own span, from the history: the
-transaction that accepted a's callback (its start) to the one that dispatched b (its
-start, so b's own commit is not in it).
+a pre-opened keep-alive connection with pre-built bytes. The transaction that accepts
+the callback also opens the barrier and marks b dispatched (the history shows both at the
+same instant), and the answer is sent after that commit; so the time from sending the
+callback to its answer bounds "accepted -> dispatched" from above, reading and verifying
+the callback included. The round trip to b's dispatch arriving at the service adds b's
+handler and its HTTP request.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ async def measure(orchestrator: str, runs: int) -> list[Figure]:
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     service = f"http://127.0.0.1:{sock.getsockname()[1]}/jobs"
     callbacks = RawClient(orchestrator, 2)
+    answers: list[float] = []
     spans: list[float] = []
     run_ids: list[str] = []
     try:
@@ -74,35 +75,37 @@ async def measure(orchestrator: str, runs: int) -> list[Figure]:
                 request = _callback(a)
                 sent = time.perf_counter()
                 status, _ = await callbacks.send(request)
+                answered = time.perf_counter()
                 arrived, b = await asyncio.wait_for(receiver.arrivals.get(), 10)
                 if status != 200:
                     raise RuntimeError(f"join: the callback of a was answered {status}")
                 await callbacks.send(_callback(b))
+                answers.append((answered - sent) * 1000)
                 spans.append((arrived - sent) * 1000)
                 run_ids.append(str(fired["run_id"]))
-            engine_spans = [await _engine_span(client, run_id) for run_id in run_ids[5:]]
+            together = [await _same_commit(client, run_id) for run_id in run_ids[5:]]
     finally:
         callbacks.close()
         server.should_exit = True
         await serving
-    spans = spans[5:]
-    engine_p50, engine_p99 = percentile(engine_spans, 50), percentile(engine_spans, 99)
-    note = "history: callback_accepted -> task_dispatched (b); excludes the dispatch commit"
+    answers, spans = answers[5:], spans[5:]
+    p50, p99 = percentile(answers, 50), percentile(answers, 99)
+    note = (
+        f"callback sent -> answered; b dispatched by the same commit in "
+        f"{sum(together)} of {runs} runs"
+    )
     outer = f"callback sent -> b's dispatch received by the service; {runs} runs"
     return [
-        Figure(
-            "join_latency_p50", round(engine_p50, 3), "ms", "<= 2 ms", engine_p50 <= 2, note=note
-        ),
-        Figure(
-            "join_latency_p99", round(engine_p99, 3), "ms", "<= 10 ms", engine_p99 <= 10, note=note
-        ),
+        Figure("join_latency_p50", round(p50, 3), "ms", "<= 2 ms", p50 <= 2, note=note),
+        Figure("join_latency_p99", round(p99, 3), "ms", "<= 10 ms", p99 <= 10, note=note),
         Figure("join_round_trip_p50", round(percentile(spans, 50), 3), "ms", "-", None, note=outer),
         Figure("join_round_trip_p99", round(percentile(spans, 99), 3), "ms", "-", None, note=outer),
     ]
 
 
-async def _engine_span(client: AdminClient, run_id: str) -> float:
+async def _same_commit(client: AdminClient, run_id: str) -> bool:
+    """Whether b was marked dispatched in the transaction that accepted a's callback."""
     history = await client.history(run_id)
     accepted = next(e.at for e in history if e.type == "callback_accepted" and e.step == "a")
     dispatched = next(e.at for e in history if e.type == "task_dispatched" and e.step == "b")
-    return (dispatched - accepted) * 1000
+    return accepted == dispatched

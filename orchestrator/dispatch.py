@@ -69,6 +69,16 @@ class Ready:
         return LaneLimits(self.spec.concurrency, self.spec.exclusive, self.spec.rate)
 
 
+@dataclass(frozen=True, slots=True)
+class Starting:
+    """A batch marked dispatched in a transaction, to launch once it commits."""
+
+    batch: list[Ready]
+    started: list[Ready]
+    contexts: list[Context]
+    history: list[HistoryEntry]
+
+
 def timer_key(task_id: str) -> tuple[str, str]:
     """The timer-heap key of a task: its not-before time while pending, its deadline while dispatched."""
     return ("task", task_id)
@@ -141,14 +151,16 @@ class Dispatcher:
 
     def submit(self, ready: Iterable[Ready]) -> None:
         """Start these pending tasks as soon as their not-before time and limits allow."""
-        now = self._clock()
+        self._enqueue(ready, self._clock())
+        self._pump()
+
+    def _enqueue(self, ready: Iterable[Ready], now: float) -> None:
         for item in ready:
             due = item.task.due_at
             if due is not None and due > now:
                 self._timers.schedule(timer_key(item.task.id), due, self._offer_later(item))
             else:
                 self._admission.offer(item.lane, item.limits, item.task.id, item)
-        self._pump()
 
     def _offer_later(self, item: Ready) -> Callable[[], Awaitable[None]]:
         async def offer() -> None:
@@ -198,6 +210,10 @@ class Dispatcher:
         try:
             tasks = await self._store.deadlines_before(horizon)
             later = await self._store.next_deadline(horizon)
+        except Exception:  # a busy store: try again soon, the deadlines are safe in it
+            log.warning("deadline_window_deferred", exc_info=True)
+            self._load_window_at(self._clock() + STORE_RETRY_SECONDS)
+            return
         finally:
             self._released_while_loading = None
         for task in tasks:
@@ -255,7 +271,6 @@ class Dispatcher:
         try:
             await self._start_batch(batch)
         finally:
-            self._starting -= len(batch)
             self._pump_later()
 
     async def _start_batch(self, batch: list[Ready]) -> None:
@@ -263,39 +278,74 @@ class Dispatcher:
         try:
             await self.key()
             async with self._store.transaction() as tx:
-                started = await self._mark_dispatched(tx, batch, now)
-                # The tokens are committed before any handler can hand its URL out, so a
-                # service that calls back at once never meets a 404.
-                await tx.insert_callback_tokens(
-                    [
-                        (token_hash(self._token(item.task)), item.task.id, item.task.attempt)
-                        for item in started
-                    ]
-                )
-                contexts = await self._contexts(tx, started)
-                entries = await tx.append_history(
-                    HistoryEntry(
-                        "task_dispatched",
-                        now,
-                        item.task.run_id,
-                        item.task.id,
-                        item.task.step,
-                        {"attempt": item.task.attempt, "item": item.task.item_key},
-                    )
-                    for item in started
-                )
+                starting = await self._mark_batch(tx, batch, now)
+                entries = await tx.append_history(starting.history)
         except Exception as error:  # any store failure defers the batch; it is never lost
             log.warning("dispatch_deferred", reason=str(error), tasks=len(batch), exc_info=True)
-            self.release(item.task.id for item in batch)
-            retry_at = self._clock() + STORE_RETRY_SECONDS
-            for item in batch:
-                self._timers.schedule(timer_key(item.task.id), retry_at, self._offer_later(item))
+            self.abandon(Starting(batch, [], [], []))
             return
-        started_ids = {item.task.id for item in started}
-        self.release(item.task.id for item in batch if item.task.id not in started_ids)
         self._bus.publish(entries)
-        for item, ctx in zip(started, contexts, strict=True):
+        self.launch(starting)
+
+    async def start_within(
+        self, tx: StoreTx, ready: Iterable[Ready], now: float
+    ) -> Starting | None:
+        """Offer `ready` and mark what may start now dispatched inside the caller's
+        transaction: a step whose barrier opens is dispatched by the commit that opened it.
+
+        After that commit the caller passes the result to `launch`, or to `abandon` if the
+        transaction failed.
+        """
+        self._enqueue(ready, now)
+        if self._key is None:  # not loaded yet: the pump after the commit starts them
+            return None
+        room = self._max_running - len(self._running) - self._starting
+        if room <= 0:
+            return None
+        admitted, wake_at = self._admission.take(now, room)
+        if wake_at is not None:
+            self._timers.schedule(("rate", "wake"), wake_at, self._wake)
+        if not admitted:
+            return None
+        self._starting += len(admitted)
+        return await self._mark_batch(tx, admitted, now)
+
+    async def _mark_batch(self, tx: StoreTx, batch: list[Ready], now: float) -> Starting:
+        """Mark `batch` dispatched, with its callback tokens and history, in `tx`."""
+        started = await self._mark_dispatched(tx, batch, now)
+        # The tokens are committed before any handler can hand its URL out, so a service
+        # that calls back at once never meets a 404.
+        await tx.insert_callback_tokens(
+            [
+                (token_hash(self._token(item.task)), item.task.id, item.task.attempt)
+                for item in started
+            ]
+        )
+        contexts = await self._contexts(tx, started)
+        history = [
+            HistoryEntry(
+                "task_dispatched", now, item.task.run_id, item.task.id, item.task.step,
+                {"attempt": item.task.attempt, "item": item.task.item_key},
+            )
+            for item in started
+        ]  # fmt: skip
+        return Starting(batch, started, contexts, history)
+
+    def launch(self, starting: Starting) -> None:
+        """The batch is committed: start its handlers, free the slots of what did not start."""
+        self._starting -= len(starting.batch)
+        started_ids = {item.task.id for item in starting.started}
+        self.release(item.task.id for item in starting.batch if item.task.id not in started_ids)
+        for item, ctx in zip(starting.started, starting.contexts, strict=True):
             self._launch(item, ctx)
+
+    def abandon(self, starting: Starting) -> None:
+        """The batch did not commit: free its slots and offer it again a little later."""
+        self._starting -= len(starting.batch)
+        self.release(item.task.id for item in starting.batch)
+        retry_at = self._clock() + STORE_RETRY_SECONDS
+        for item in starting.batch:
+            self._timers.schedule(timer_key(item.task.id), retry_at, self._offer_later(item))
 
     async def _mark_dispatched(self, tx: StoreTx, batch: list[Ready], now: float) -> list[Ready]:
         started = []

@@ -117,12 +117,38 @@ class Engine:
 
     @contextlib.asynccontextmanager
     async def _advancing(self) -> AsyncIterator[Advance]:
-        """One transaction of run changes; what it decided is acted on after the commit."""
-        async with self.store.transaction() as tx:
-            advance = Advance(tx, self.clock(), self.rng, self._spec)
-            yield advance
-            entries = await tx.append_history(advance.outbox.history)
-        self._after_commit(advance.outbox, entries)
+        """One transaction of run changes; what it decided is acted on after the commit.
+
+        Tasks it made ready are dispatched in the same transaction as far as limits allow,
+        so opening a barrier and starting the next step cost one commit, not two.
+        """
+        starting = None
+        try:
+            async with self.store.transaction() as tx:
+                advance = Advance(tx, self.clock(), self.rng, self._spec)
+                yield advance
+                outbox = advance.outbox
+                # A task released here (a retry of the same task) keeps the usual order:
+                # released after the commit, then offered again.
+                released = set(outbox.released)
+                now_ready: list[Ready] = []
+                later: list[Ready] = []
+                for item in outbox.submit:
+                    due = item.task.due_at
+                    startable = item.task.id not in released and (due is None or due <= advance.now)
+                    (now_ready if startable else later).append(item)
+                outbox.submit = later
+                starting = await self.dispatcher.start_within(tx, now_ready, advance.now)
+                if starting is not None:
+                    outbox.history.extend(starting.history)
+                entries = await tx.append_history(outbox.history)
+        except BaseException:
+            if starting is not None:
+                self.dispatcher.abandon(starting)
+            raise
+        self._after_commit(outbox, entries)
+        if starting is not None:
+            self.dispatcher.launch(starting)
 
     # -- firing ----------------------------------------------------------------------------
 
@@ -475,6 +501,7 @@ class Engine:
         A task awaiting its callback keeps waiting (its service has the URL); a task whose
         handler was still running is dispatched again, same attempt and idempotency key.
         """
+        await self.dispatcher.key()  # loaded outside any transaction: dispatch needs it inside
         unfinished = await self.store.unfinished()
         held: list[Ready] = []
         async with self._advancing() as advance:
