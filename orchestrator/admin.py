@@ -163,7 +163,7 @@ async def stream_events(request: Request) -> Response:
     engine = _engine(request)
     run_filter = request.query_params.get("run")
     type_param = request.query_params.get("type")
-    types = None if type_param is None else frozenset(type_param.split(","))
+    types = None if type_param is None else frozenset(t.strip() for t in type_param.split(","))
     subscription = engine.bus.subscribe()
 
     def wanted(entry: HistoryEntry) -> bool:

@@ -136,7 +136,7 @@ class Dispatcher:
         self._payloads: dict[str, Mapping[str, Any]] = {}
         self._window = deadline_window
         self._window_due: float | None = None
-        self._released_while_loading: set[str] | None = None
+        self._touched_while_loading: set[str] | None = None
 
     @property
     def running(self) -> int:
@@ -174,8 +174,8 @@ class Dispatcher:
         freed = False
         for task_id in task_ids:
             self._timers.cancel(timer_key(task_id))
-            if self._released_while_loading is not None:
-                self._released_while_loading.add(task_id)
+            if self._touched_while_loading is not None:
+                self._touched_while_loading.add(task_id)
             freed = self._admission.release(task_id) or freed
         if freed:
             self._pump()
@@ -190,6 +190,8 @@ class Dispatcher:
     def arm_deadline(self, task: Task) -> None:
         """Time out this dispatched task at its `due_at` (or never, without one)."""
         due = task.due_at
+        if self._touched_while_loading is not None:
+            self._touched_while_loading.add(task.id)  # newer than what the load read
         if due is None or due > self._clock() + self._window:
             self._timers.cancel(timer_key(task.id))
             if due is not None:
@@ -206,7 +208,7 @@ class Dispatcher:
         """Put the deadlines now within the window on the heap; wake again for the next."""
         self._window_due = None
         horizon = self._clock() + self._window
-        released = self._released_while_loading = set()
+        touched = self._touched_while_loading = set()
         try:
             tasks = await self._store.deadlines_before(horizon)
             later = await self._store.next_deadline(horizon)
@@ -215,10 +217,11 @@ class Dispatcher:
             self._load_window_at(self._clock() + STORE_RETRY_SECONDS)
             return
         finally:
-            self._released_while_loading = None
+            self._touched_while_loading = None
         for task in tasks:
-            # A task that ended while the store was read keeps no timer.
-            if task.id not in released and task.due_at is not None:
+            # A task that ended, or got a new deadline (a heartbeat), while the store was
+            # read keeps what that gave it, not what was read.
+            if task.id not in touched and task.due_at is not None:
                 self._timers.schedule(timer_key(task.id), task.due_at, self._timeout(task))
         if later is not None:
             self._load_window_at(later - self._window)

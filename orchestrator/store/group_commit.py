@@ -16,6 +16,7 @@ its group alone; a failed COMMIT fails every member of the group with StoreUnava
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -154,9 +155,10 @@ class GroupCommit:
         try:
             await loop.run_in_executor(self._thread, self._conn.execute, "COMMIT")
         except sqlite3.Error as error:
-            await loop.run_in_executor(self._thread, self._rollback)
             group.committed.set_exception(StoreUnavailable(str(error)))
             group.committed.exception()
+            with contextlib.suppress(sqlite3.Error):  # the members are told either way
+                await loop.run_in_executor(self._thread, self._rollback)
         else:
             group.committed.set_result(None)
         finally:

@@ -227,7 +227,10 @@ SELECT_DEADLINES_BEFORE = """
     WHERE tasks.state = 'dispatched' AND tasks.due_at < ? AND runs.status = 'running'
     ORDER BY tasks.due_at
 """
-SELECT_NEXT_DEADLINE = "SELECT min(due_at) FROM tasks WHERE state = 'dispatched' AND due_at >= ?"
+SELECT_NEXT_DEADLINE = """
+    SELECT min(tasks.due_at) FROM tasks JOIN runs ON runs.id = tasks.run_id
+    WHERE tasks.state = 'dispatched' AND tasks.due_at >= ? AND runs.status = 'running'
+"""
 SELECT_WAITING_BARRIERS = """
     SELECT barriers.* FROM barriers JOIN runs ON runs.id = barriers.run_id
     WHERE barriers.status = 'waiting' AND runs.status = 'running'

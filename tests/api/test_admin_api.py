@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.types import Message
 
 from orchestrator.app import create_app
 from orchestrator.settings import Settings
@@ -43,6 +48,62 @@ async def fire_and_finish(app: Starlette, client: httpx.AsyncClient, name: str =
         run_id: str = response.json()["run_id"]
         await wait_for_end(subscription, run_id)
     return run_id
+
+
+class EventStream:
+    """GET /admin/events/stream through the app's ASGI interface, read while it is written
+    (httpx's ASGITransport would wait for the end of a response that never ends)."""
+
+    def __init__(self, app: Starlette, query: str) -> None:
+        self._app = app
+        self._query = query.encode()
+        self._body: asyncio.Queue[bytes] = asyncio.Queue()
+        self._requested = False
+        self._gone = asyncio.Event()
+        self._unread = ""
+        self._task: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> EventStream:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": "/admin/events/stream", "raw_path": b"/admin/events/stream",
+            "query_string": self._query, "root_path": "", "client": ("127.0.0.1", 50000),
+            "server": ("test", 80), "headers": [(b"authorization", f"Bearer {TOKEN}".encode())],
+        }  # fmt: skip
+        self._task = asyncio.ensure_future(self._app(scope, self._receive, self._send))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._gone.set()  # the client disconnects; the response ends
+        assert self._task is not None
+        async with asyncio.timeout(2):
+            await self._task
+
+    async def _receive(self) -> Message:
+        if not self._requested:
+            self._requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            assert message["status"] == 200
+        elif message["type"] == "http.response.body":
+            self._body.put_nowait(message.get("body", b""))
+
+    async def until(self, last: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """The streamed entries up to and including the first for which `last` is true."""
+        entries: list[dict[str, Any]] = []
+        async with asyncio.timeout(5):
+            while not entries or not last(entries[-1]):
+                while "\n\n" not in self._unread:
+                    self._unread += (await self._body.get()).decode()
+                frame, self._unread = self._unread.split("\n\n", 1)
+                data = [line[5:] for line in frame.splitlines() if line.startswith("data:")]
+                if data:  # not the retry hint or a keep-alive comment
+                    entries.append(json.loads("".join(data)))
+        return entries
 
 
 async def test_health_and_readiness_answer_without_auth(client: httpx.AsyncClient) -> None:
@@ -195,6 +256,26 @@ async def test_history_filters_by_run_and_type_and_pages_by_id(
     after = page.json()["next_after"]
     rest = await client.get("/admin/events", headers=AUTH, params={"run": first, "after": after})
     assert [e["type"] for e in page.json()["events"] + rest.json()["events"]] == types
+
+
+async def test_event_stream_sends_only_the_listed_types(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """/admin/events/stream?type=a,b streams only entries of those types, replayed and live."""
+    first = await fire_and_finish(app, client)
+
+    def end_of(run_id: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda entry: (entry["type"], entry["run_id"]) == ("run_succeeded", run_id)
+
+    query = "after=0&type=task_succeeded,run_succeeded"
+    async with EventStream(app, query) as stream:
+        replayed = await stream.until(end_of(first))
+        second = await fire_and_finish(app, client)
+        live = await stream.until(end_of(second))
+    for run_id, entries in ((first, replayed), (second, live)):
+        expected = ["task_succeeded"] * 3 + ["run_succeeded"]
+        assert [entry["type"] for entry in entries] == expected
+        assert {entry["run_id"] for entry in entries} == {run_id}
 
 
 async def test_cancel_stops_a_running_run_once(app: Starlette, client: httpx.AsyncClient) -> None:

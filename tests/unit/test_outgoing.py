@@ -1,0 +1,158 @@
+"""The outgoing client against real uvicorn servers on loopback: its limit, reuse and close."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from orchestrator.outgoing import ConnectionShards, http_client
+from orchestrator.serve import listening_socket
+
+
+class Origin:
+    """A server that records the client port of every request; /block holds until released."""
+
+    def __init__(self) -> None:
+        self.ports: list[int] = []
+        self.inside = 0
+        self.peak = 0
+        self.release = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self.url = ""
+
+    async def port(self, request: Request) -> Response:
+        assert request.client is not None
+        self.ports.append(request.client.port)
+        return PlainTextResponse(str(request.client.port))
+
+    async def block(self, request: Request) -> Response:
+        async with self._changed:
+            self.inside += 1
+            self.peak = max(self.peak, self.inside)
+            self._changed.notify_all()
+        await self.release.wait()
+        self.inside -= 1
+        return PlainTextResponse("released")
+
+    async def inside_at_least(self, count: int, within: float = 2.0) -> None:
+        """Wait until `count` requests are held in /block at once."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: self.inside >= count)
+
+
+@asynccontextmanager
+async def serving() -> AsyncIterator[Origin]:
+    origin = Origin()
+    app = Starlette(routes=[Route("/port", origin.port), Route("/block", origin.block)])
+    sock = listening_socket("127.0.0.1", 0)
+    config = uvicorn.Config(app, log_level="critical", lifespan="off", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    origin.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        yield origin
+    finally:
+        origin.release.set()
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[Origin]:
+    async with serving() as origin:
+        yield origin
+
+
+@pytest.fixture
+async def other_origin() -> AsyncIterator[Origin]:
+    async with serving() as origin:
+        yield origin
+
+
+class TrackedTransport(httpx.AsyncHTTPTransport):
+    """A one-connection pool as ConnectionShards makes them, remembering whether it was closed."""
+
+    def __init__(self, made: list[TrackedTransport], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.closed = False
+        made.append(self)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await super().aclose()
+
+
+@pytest.fixture
+def made(monkeypatch: pytest.MonkeyPatch) -> list[TrackedTransport]:
+    """Every connection pool made during the test, in the order they were made."""
+    made: list[TrackedTransport] = []
+    monkeypatch.setattr(httpx, "AsyncHTTPTransport", functools.partial(TrackedTransport, made))
+    return made
+
+
+async def test_requests_beyond_the_limit_wait_for_a_free_connection(origin: Origin) -> None:
+    """With a limit of 2, five requests at once reach the server two at a time, and all finish."""
+    async with http_client(max_connections=2) as client, httpx.AsyncClient() as probe:
+        requests = asyncio.gather(*(client.get(f"{origin.url}/block") for _ in range(5)))
+        await origin.inside_at_least(2)
+        # A whole round trip on another client: any request let past the limit is in by now.
+        assert (await probe.get(f"{origin.url}/port")).status_code == 200
+        assert origin.inside == 2
+        origin.release.set()
+        async with asyncio.timeout(2):
+            responses = await requests
+    assert [response.text for response in responses] == ["released"] * 5
+    assert origin.peak == 2
+
+
+async def test_sequential_requests_to_one_origin_reuse_one_connection(origin: Origin) -> None:
+    """Three requests one after another arrive on one connection (one client port)."""
+    async with http_client() as client:
+        for _ in range(3):
+            (await client.get(f"{origin.url}/port")).raise_for_status()
+    assert len(origin.ports) == 3
+    assert len(set(origin.ports)) == 1
+
+
+async def test_each_origin_keeps_its_own_connection(origin: Origin, other_origin: Origin) -> None:
+    """Requests alternating between two origins keep one connection to each, not one shared."""
+    async with http_client() as client:
+        for _ in range(3):
+            for server in (origin, other_origin):
+                (await client.get(f"{server.url}/port")).raise_for_status()
+    assert (len(origin.ports), len(other_origin.ports)) == (3, 3)
+    assert len(set(origin.ports)) == 1
+    assert len(set(other_origin.ports)) == 1
+    assert set(origin.ports).isdisjoint(other_origin.ports)
+
+
+async def test_close_closes_idle_connections_and_those_given_back_later(
+    origin: Origin, made: list[TrackedTransport]
+) -> None:
+    """aclose() closes the idle connections at once, and a busy one when its request ends."""
+    shards = ConnectionShards(limit=4)
+    async with httpx.AsyncClient(transport=shards) as client:
+        in_flight = asyncio.ensure_future(client.get(f"{origin.url}/block"))
+        await origin.inside_at_least(1)
+        (await client.get(f"{origin.url}/port")).raise_for_status()
+        busy, idle = made
+        assert (busy.closed, idle.closed) == (False, False)
+        await shards.aclose()
+        assert (busy.closed, idle.closed) == (False, True)
+        origin.release.set()
+        async with asyncio.timeout(2):
+            assert (await in_flight).text == "released"
+        assert busy.closed
+    assert len(made) == 2
