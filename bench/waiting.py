@@ -39,7 +39,7 @@ async def measure(workdir: Path, config: str, tasks: int, idle: float) -> list[F
     empty = await start_orchestrator(idle_dir, config)
     try:
         rss_before = rss_bytes(parked.pid)
-        _, _, seconds = await park(parked.url, tasks)
+        _, _, seconds = await park(parked.url, tasks, with_ids=False)
         print(f"  parked {tasks:,} tasks in {seconds:.1f}s", flush=True)
         cpu = {pid: cpu_seconds_precise(pid) for pid in (parked.pid, empty.pid)}
         await asyncio.sleep(idle)  # the measurement window: nothing else runs

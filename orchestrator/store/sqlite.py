@@ -117,6 +117,11 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX tasks_deadlines ON tasks (due_at) WHERE state = 'dispatched';
     """,
+    # 4: retention sweeps start from what expired, never scanning history or tasks.
+    """
+    CREATE INDEX runs_finished ON runs (finished_at) WHERE status != 'running';
+    CREATE INDEX events_by_time ON events (received_at);
+    """,
 ]
 
 SELECT_EVENT = "SELECT * FROM events WHERE id = ?"
@@ -183,13 +188,13 @@ INSERT_HISTORY = """
 SELECT_LAST_ID = "SELECT last_insert_rowid()"
 PRUNE_TASK_HISTORY = """
     DELETE FROM history WHERE id IN (
-        SELECT history.id FROM history JOIN runs ON runs.id = history.run_id
-        WHERE history.task_id IS NOT NULL AND runs.status != 'running' AND runs.finished_at < ?
+        SELECT history.id FROM runs CROSS JOIN history ON history.run_id = runs.id
+        WHERE runs.status != 'running' AND runs.finished_at < ? AND history.task_id IS NOT NULL
         LIMIT ?)
 """
 PRUNE_TASK_PAYLOADS = """
     UPDATE tasks SET item = 'null', output = NULL WHERE rowid IN (
-        SELECT tasks.rowid FROM tasks JOIN runs ON runs.id = tasks.run_id
+        SELECT tasks.rowid FROM runs CROSS JOIN tasks ON tasks.run_id = runs.id
         WHERE runs.status != 'running' AND runs.finished_at < ?
           AND (tasks.output IS NOT NULL OR tasks.item != 'null')
         LIMIT ?)
