@@ -73,10 +73,10 @@ async def measure(plan: Plan) -> list[Figure]:
         orchestrator = await start_orchestrator(workdir, CONFIG)
         try:
             print("end-to-end runs (remote tasks, service answers after 0.5 s):", flush=True)
-            runs, per_task = await endtoend.measure(
-                orchestrator.url, service.url, plan.sizes, plan.repeats
+            runs, per_task, cpu_per_task = await endtoend.measure(
+                orchestrator, service.url, plan.sizes, plan.repeats
             )
-            figures += runs + endtoend.flatness(per_task)
+            figures += runs + endtoend.flatness(per_task, cpu_per_task)
             figures += await _baselines(service.url, plan.sequential_items)
             print("callback ingest (wrk):", flush=True)
             figures += await ingest.measure(
