@@ -4,7 +4,7 @@
     python -m bench.run --quick    # make bench-quick: N up to 1,000, 10,000 waiting; < 2 min
 
 Prints a table (figure, median, spread over repeats, goal, met or MISSED) and writes
-bench/results.json and docs/benchmarks.md. Every figure that is compared is compared with
+bench/results.json and docs/benchmarks.md (a quick run: bench/results-quick.json only). Every figure that is compared is compared with
 a baseline measured in this same run: the polling loops in bench/baselines/ against the
 same fake service, and a bare Starlette endpoint for callback ingest. The orchestrator
 runs on core 0; the fake service, wrk and this driver on core 1 (taskset).
@@ -183,10 +183,12 @@ def main() -> None:
     print(
         f"\n{len(figures)} figures in {seconds:.0f} s; goals missed: {', '.join(missed) or 'none'}"
     )
-    (ROOT / "bench" / "results.json").write_text(
-        json.dumps([asdict(f) for f in figures], indent=2) + "\n"
-    )
-    (ROOT / "docs" / "benchmarks.md").write_text(report(figures, args.quick, seconds))
+    # docs/benchmarks.md and bench/results.json hold the last full run; a quick run
+    # leaves them alone and writes its own results file.
+    results = ROOT / "bench" / ("results-quick.json" if args.quick else "results.json")
+    results.write_text(json.dumps([asdict(f) for f in figures], indent=2) + "\n")
+    if not args.quick:
+        (ROOT / "docs" / "benchmarks.md").write_text(report(figures, args.quick, seconds))
 
 
 if __name__ == "__main__":
