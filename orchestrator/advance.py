@@ -54,10 +54,12 @@ class Outbox:
     cleared_deadlines: list[tuple[str, str]] = field(default_factory=list)
     task_deadlines: list[Task] = field(default_factory=list)
 
-    def note(self, type: str, at: float, run_id: str | None = None, **data: Any) -> None:
+    def note(self, type: str, at: float, run_id: str | None = None, **data: Any) -> HistoryEntry:
         task_id = data.pop("task_id", None)
         step = data.pop("step", None)
-        self.history.append(HistoryEntry(type, at, run_id, task_id, step, data))
+        entry = HistoryEntry(type, at, run_id, task_id, step, data)
+        self.history.append(entry)
+        return entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +140,13 @@ class Advance:
         )
         if not await self.tx.transition_task(finished, task.state, task.attempt):
             return Applied(False, "the task changed meanwhile", task)
-        self.outbox.note(
+        entry = self.outbox.note(
             f"task_{decision.state.value}", self.now, run.id, **ids, item=task.item_key,
             attempt=task.attempt, source=source, error=error, duration=_duration(finished),
         )  # fmt: skip
         self._release(task.id, interrupt)
         arrival = Arrival.SUCCEEDED if decision.state is TaskState.SUCCEEDED else Arrival.FAILED
-        await self.arrive(run, task.step, arrival)
+        await self.arrive(run, task.step, arrival, counts_into=entry.data)
         return Applied(True, task=finished)
 
     def _release(self, task_id: str, interrupt: bool) -> None:
@@ -154,8 +156,15 @@ class Advance:
 
     # -- barriers --------------------------------------------------------------------------
 
-    async def arrive(self, run: Run, step: str, arrival: Arrival) -> None:
-        """Tell the step's barrier; act on its decision."""
+    async def arrive(
+        self, run: Run, step: str, arrival: Arrival, counts_into: dict[str, Any] | None = None
+    ) -> None:
+        """Tell the step's barrier; act on its decision.
+
+        The barrier's new counts go into `counts_into` (the data of the task's own history
+        entry) when given, else into a `barrier_advanced` entry: one row per completion,
+        not two.
+        """
         barrier = await self.tx.get_barrier(run.id, step)
         if barrier is None:
             return
@@ -163,10 +172,14 @@ class Advance:
         if Effect.IGNORED in effects:
             return
         await self.tx.save_barrier(advanced, barrier.status)
-        self.outbox.note(
-            "barrier_advanced", self.now, run.id, step=step, succeeded=advanced.succeeded,
-            failed=advanced.failed, expected=advanced.expected, required=advanced.required,
-        )  # fmt: skip
+        counts = {
+            "succeeded": advanced.succeeded, "failed": advanced.failed,
+            "expected": advanced.expected, "required": advanced.required,
+        }  # fmt: skip
+        if counts_into is not None:
+            counts_into["barrier"] = counts
+        else:
+            self.outbox.note("barrier_advanced", self.now, run.id, step=step, **counts)
         await self._apply_barrier_effects(run, advanced, effects)
 
     async def _apply_barrier_effects(

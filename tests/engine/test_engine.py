@@ -513,3 +513,19 @@ async def test_replay_starts_a_new_run_of_a_stored_event(make_engine: MakeEngine
         fired.run_id,
         forced.run_id,
     ]
+
+
+async def test_a_completion_carries_its_barrier_counts_in_one_history_row(
+    make_engine: MakeEngine,
+) -> None:
+    """Each task's finished entry holds the barrier's counts after it (k of n as it grew);
+    no separate barrier_advanced row is written per completion."""
+    engine = make_engine({"wf": workflow(fan={"handler": "echo", "for_each": "event.items"})})
+    finished = await run_to_end(engine, "wf", {"items": [1, 2, 3]})
+    assert finished.status == "succeeded"
+    counts = [entry.data["barrier"] for entry in finished.of_type("task_succeeded")]
+    assert sorted(count["succeeded"] for count in counts) == [1, 2, 3]
+    assert {(count["expected"], count["required"], count["failed"]) for count in counts} == {
+        (3, 3, 0)
+    }
+    assert not finished.of_type("barrier_advanced")
