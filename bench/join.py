@@ -3,8 +3,8 @@
 Workflow `join`: step `a` (remote) and step `b` (remote, needs a). This driver plays the
 service: a receiver in this process takes each dispatch; the driver sends a's callback on
 a pre-opened keep-alive connection with pre-built bytes. The transaction that accepts
-the callback also opens the barrier and marks b dispatched (the history shows both at the
-same instant), and the answer is sent after that commit; so the time from sending the
+the callback also opens the barrier and marks b dispatched (the history shows a's
+completion by callback and b's dispatch at the same instant), and the answer is sent after that commit; so the time from sending the
 callback to its answer bounds "accepted -> dispatched" from above, reading and verifying
 the callback included. The round trip to b's dispatch arriving at the service adds b's
 handler and its HTTP request.
@@ -106,6 +106,10 @@ async def measure(orchestrator: str, runs: int) -> list[Figure]:
 async def _same_commit(client: AdminClient, run_id: str) -> bool:
     """Whether b was marked dispatched in the transaction that accepted a's callback."""
     history = await client.history(run_id)
-    accepted = next(e.at for e in history if e.type == "callback_accepted" and e.step == "a")
+    accepted = next(
+        e.at
+        for e in history
+        if e.type == "task_succeeded" and e.step == "a" and "webhook_id" in e.data
+    )
     dispatched = next(e.at for e in history if e.type == "task_dispatched" and e.step == "b")
     return accepted == dispatched

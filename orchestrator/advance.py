@@ -69,6 +69,7 @@ class Applied:
     changed: bool
     reason: str | None = None
     task: Task | None = None
+    entry: HistoryEntry | None = None  # the history entry that records the change
 
 
 class Advance:
@@ -123,7 +124,7 @@ class Advance:
             )  # fmt: skip
             if not await self.tx.transition_task(retried, task.state, task.attempt):
                 return Applied(False, "the task changed meanwhile", task)
-            self.outbox.note(
+            failed = self.outbox.note(
                 "task_attempt_failed", self.now, run.id, **ids, attempt=task.attempt,
                 outcome=decision.failed_as, error=error, source=source,
             )  # fmt: skip
@@ -133,7 +134,7 @@ class Advance:
             )  # fmt: skip
             self._release(task.id, interrupt)
             self.outbox.submit.append(Ready(retried, run.workflow, step))
-            return Applied(True, task=retried)
+            return Applied(True, task=retried, entry=failed)
         assert isinstance(decision, Settle)  # noqa: S101 - Decision is a closed union
         finished = task.replace(
             state=decision.state, finished_at=self.now, due_at=None, output=output, error=error
@@ -147,7 +148,7 @@ class Advance:
         self._release(task.id, interrupt)
         arrival = Arrival.SUCCEEDED if decision.state is TaskState.SUCCEEDED else Arrival.FAILED
         await self.arrive(run, task.step, arrival, counts_into=entry.data)
-        return Applied(True, task=finished)
+        return Applied(True, task=finished, entry=entry)
 
     def _release(self, task_id: str, interrupt: bool) -> None:
         self.outbox.released.append(task_id)

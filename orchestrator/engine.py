@@ -339,6 +339,7 @@ class Engine:
             assert task is not None  # noqa: S101 - a callback token names an existing task
             ids = {"task_id": task.id, "step": task.step, "webhook_id": webhook_id}
             seen = await advance.tx.get_receipt(task_id, webhook_id)
+            recorded = None
             if seen is not None:
                 verdict, reason = (
                     (Verdict.DUPLICATE, "duplicate received, not applied")
@@ -350,11 +351,16 @@ class Engine:
                 verdict, reason = _verdict(applied, attempt, outcome, output)
                 if verdict in (Verdict.ACCEPTED, Verdict.DUPLICATE):
                     await advance.tx.insert_receipt(task_id, webhook_id, body_hash, advance.now)
-            kind = "callback_accepted" if verdict is Verdict.ACCEPTED else "callback_rejected"
-            advance.outbox.note(
-                kind, advance.now, task.run_id, **ids, attempt=attempt, verdict=verdict.value,
-                reason=reason,
-            )  # fmt: skip
+                recorded = applied.entry if verdict is Verdict.ACCEPTED else None
+            if recorded is not None:
+                # The task's own entry (source "callback") records the accepted callback:
+                # one history row per completion.
+                recorded.data["webhook_id"] = webhook_id
+            else:  # a duplicate, a conflict or a late callback: changes nothing
+                advance.outbox.note(
+                    "callback_rejected", advance.now, task.run_id, **ids, attempt=attempt,
+                    verdict=verdict.value, reason=reason,
+                )  # fmt: skip
         return verdict, reason
 
     async def heartbeat(self, task_id: str, attempt: int) -> tuple[Verdict, str, float | None]:
