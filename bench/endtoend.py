@@ -71,9 +71,7 @@ async def measure(
 def _against(name: str, samples: list[float], unit: str, limit: float | None) -> Figure:
     if limit is None:
         return median_figure(name, samples, unit)
-    figure = median_figure(name, samples, unit, f"<= {limit:g} {unit}")
-    figure.met = figure.value <= limit
-    return figure
+    return median_figure(name, samples, unit, f"<= {limit:g} {unit}", at_most=limit)
 
 
 def flatness(per_task: dict[int, float], cpu_per_task: dict[int, float]) -> list[Figure]:

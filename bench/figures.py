@@ -23,20 +23,23 @@ class Figure:
         return "" if self.met is None else "met" if self.met else "MISSED"
 
 
-def at_most(limit: float) -> tuple[str, float]:
-    return f"<= {limit:g}", limit
-
-
 def median_figure(
     name: str,
     samples: Sequence[float],
     unit: str,
     goal: str = "-",
-    met: bool | None = None,
     note: str = "",
+    *,
+    at_most: float | None = None,
+    at_least: float | None = None,
 ) -> Figure:
-    """The median of `samples`, with min-max as its spread."""
+    """The median of `samples`, with min-max as its spread; met if it is within the bound."""
     value = statistics.median(samples)
+    met = None
+    if at_most is not None:
+        met = value <= at_most
+    elif at_least is not None:
+        met = value >= at_least
     spread = f"{min(samples):.4g}-{max(samples):.4g}" if len(samples) > 1 else ""
     return Figure(
         name, round(value, 4), unit, goal, met, spread, note, [round(s, 6) for s in samples]

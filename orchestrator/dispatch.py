@@ -14,7 +14,7 @@ the earliest comes within the window.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -247,15 +247,21 @@ class Dispatcher:
 
     def _pump(self) -> None:
         self._pump_soon = None
+        admitted = self._take_admitted(self._clock())
+        if admitted:
+            self._spawn(self._start(admitted))
+
+    def _take_admitted(self, now: float) -> list[Ready]:
+        """What admission lets start now, within the room for running handlers (a handler
+        that ends pumps again); counted as starting until launched or abandoned."""
         room = self._max_running - len(self._running) - self._starting
         if room <= 0:
-            return  # a handler that ends pumps again
-        admitted, wake_at = self._admission.take(self._clock(), room)
+            return []
+        admitted, wake_at = self._admission.take(now, room)
         if wake_at is not None:
             self._timers.schedule(("rate", "wake"), wake_at, self._wake)
-        if admitted:
-            self._starting += len(admitted)
-            self._spawn(self._start(admitted))
+        self._starting += len(admitted)
+        return admitted
 
     def _pump_later(self) -> None:
         """Pump once after this step of the loop: handlers ending together start one batch."""
@@ -291,27 +297,30 @@ class Dispatcher:
         self.launch(starting)
 
     async def start_within(
-        self, tx: StoreTx, ready: Iterable[Ready], now: float
-    ) -> Starting | None:
-        """Offer `ready` and mark what may start now dispatched inside the caller's
-        transaction: a step whose barrier opens is dispatched by the commit that opened it.
+        self, tx: StoreTx, ready: Iterable[Ready], released: Collection[str], now: float
+    ) -> tuple[Starting | None, list[Ready]]:
+        """Offer the tasks of `ready` that are due now and mark what may start dispatched
+        inside the caller's transaction: a step whose barrier opens is dispatched by the
+        commit that opened it. Returns that batch and the tasks left for `submit` after the
+        commit: those due later, and those the transaction also `released` (a retry of the
+        same task is released first, then offered again).
 
-        After that commit the caller passes the result to `launch`, or to `abandon` if the
+        After the commit the caller passes the batch to `launch`, or to `abandon` if the
         transaction failed.
         """
-        self._enqueue(ready, now)
+        now_ready: list[Ready] = []
+        later: list[Ready] = []
+        for item in ready:
+            due = item.task.due_at
+            startable = item.task.id not in released and (due is None or due <= now)
+            (now_ready if startable else later).append(item)
+        self._enqueue(now_ready, now)
         if self._key is None:  # not loaded yet: the pump after the commit starts them
-            return None
-        room = self._max_running - len(self._running) - self._starting
-        if room <= 0:
-            return None
-        admitted, wake_at = self._admission.take(now, room)
-        if wake_at is not None:
-            self._timers.schedule(("rate", "wake"), wake_at, self._wake)
+            return None, later
+        admitted = self._take_admitted(now)
         if not admitted:
-            return None
-        self._starting += len(admitted)
-        return await self._mark_batch(tx, admitted, now)
+            return None, later
+        return await self._mark_batch(tx, admitted, now), later
 
     async def _mark_batch(self, tx: StoreTx, batch: list[Ready], now: float) -> Starting:
         """Mark `batch` dispatched, with its callback tokens and history, in `tx`."""

@@ -128,17 +128,9 @@ class Engine:
                 advance = Advance(tx, self.clock(), self.rng, self._spec)
                 yield advance
                 outbox = advance.outbox
-                # A task released here (a retry of the same task) keeps the usual order:
-                # released after the commit, then offered again.
-                released = set(outbox.released)
-                now_ready: list[Ready] = []
-                later: list[Ready] = []
-                for item in outbox.submit:
-                    due = item.task.due_at
-                    startable = item.task.id not in released and (due is None or due <= advance.now)
-                    (now_ready if startable else later).append(item)
-                outbox.submit = later
-                starting = await self.dispatcher.start_within(tx, now_ready, advance.now)
+                starting, outbox.submit = await self.dispatcher.start_within(
+                    tx, outbox.submit, set(outbox.released), advance.now
+                )
                 if starting is not None:
                     outbox.history.extend(starting.history)
                 entries = await tx.append_history(outbox.history)

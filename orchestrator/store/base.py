@@ -140,9 +140,6 @@ class Store(Protocol):
     ) -> list[HistoryEntry]:
         """History entries with id > `after` (and at or after `since`), oldest first."""
 
-    async def lookup_token(self, token_hash: str) -> tuple[str, int] | None:
-        """(task id, attempt) a callback token was issued for, by the token's hash."""
-
     async def callback_target(self, token_hash: str) -> tuple[Task, int] | None:
         """The task a callback token names, and the attempt the token was made for."""
 

@@ -166,7 +166,6 @@ INSERT_CAPABILITY = """
     INSERT INTO callback_tokens (token_hash, task_id, attempt) VALUES (?, ?, ?)
     ON CONFLICT (token_hash) DO NOTHING
 """
-SELECT_CAPABILITY = "SELECT task_id, attempt FROM callback_tokens WHERE token_hash = ?"
 SELECT_CALLBACK_TARGET = """
     SELECT tasks.*, callback_tokens.attempt AS token_attempt
     FROM callback_tokens JOIN tasks ON tasks.id = callback_tokens.task_id
@@ -764,10 +763,6 @@ class SqliteStore:
             # Delivery ids go with their last run, and never before the runs' own age.
             await tx.changed_rows(DELETE_ORPHAN_EVENTS, (before,))
         return len(run_ids)
-
-    async def lookup_token(self, token_hash: str) -> tuple[str, int] | None:
-        row = self._lookup(SELECT_CAPABILITY, (token_hash,))
-        return None if row is None else (row[0], row[1])
 
     async def callback_target(self, token_hash: str) -> tuple[Task, int] | None:
         row = self._lookup(SELECT_CALLBACK_TARGET, (token_hash,))

@@ -52,21 +52,27 @@ async def insert_token_then_fail(store: Store, task: Task) -> None:
 # Callback tokens.
 
 
-async def test_lookup_token_finds_the_task_and_attempt_of_a_known_hash(store: Store) -> None:
-    """lookup_token answers the (task id, attempt) a committed token hash was issued for."""
+async def token_of(store: Store, token_hash: str) -> tuple[str, int] | None:
+    """(task id, attempt) a token hash resolves to through callback_target."""
+    found = await store.callback_target(token_hash)
+    return None if found is None else (found[0].id, found[1])
+
+
+async def test_callback_target_finds_the_task_and_attempt_of_a_known_hash(store: Store) -> None:
+    """callback_target answers the task and attempt a committed token hash was issued for."""
     [task] = await seed_tasks(store)
     async with store.transaction() as tx:
         await tx.insert_callback_tokens([(HASH_A, task.id, 3)])
-    assert await store.lookup_token(HASH_A) == (task.id, 3)
+    assert await token_of(store, HASH_A) == (task.id, 3)
 
 
-async def test_lookup_token_of_an_unknown_hash_is_none(store: Store) -> None:
-    """lookup_token answers None for a hash that was never inserted, even beside known ones."""
+async def test_callback_target_of_an_unknown_hash_is_none(store: Store) -> None:
+    """callback_target answers None for a hash that was never inserted, even beside known ones."""
     [task] = await seed_tasks(store)
-    assert await store.lookup_token(HASH_A) is None
+    assert await token_of(store, HASH_A) is None
     async with store.transaction() as tx:
         await tx.insert_callback_tokens([(HASH_A, task.id, 1)])
-    assert await store.lookup_token(HASH_B) is None
+    assert await token_of(store, HASH_B) is None
 
 
 async def test_inserting_a_known_hash_again_keeps_the_first_row(store: Store) -> None:
@@ -77,8 +83,8 @@ async def test_inserting_a_known_hash_again_keeps_the_first_row(store: Store) ->
     async with store.transaction() as tx:
         await tx.insert_callback_tokens([(HASH_A, second.id, 2)])
         await tx.insert_callback_tokens([(HASH_B, first.id, 1), (HASH_B, second.id, 5)])
-    assert await store.lookup_token(HASH_A) == (first.id, 1)
-    assert await store.lookup_token(HASH_B) == (first.id, 1)
+    assert await token_of(store, HASH_A) == (first.id, 1)
+    assert await token_of(store, HASH_B) == (first.id, 1)
 
 
 async def test_tokens_of_two_attempts_of_one_task_both_resolve(store: Store) -> None:
@@ -88,8 +94,8 @@ async def test_tokens_of_two_attempts_of_one_task_both_resolve(store: Store) -> 
         await tx.insert_callback_tokens([(HASH_A, task.id, 1)])
     async with store.transaction() as tx:
         await tx.insert_callback_tokens([(HASH_B, task.id, 2)])
-    assert await store.lookup_token(HASH_A) == (task.id, 1)
-    assert await store.lookup_token(HASH_B) == (task.id, 2)
+    assert await token_of(store, HASH_A) == (task.id, 1)
+    assert await token_of(store, HASH_B) == (task.id, 2)
 
 
 async def test_tokens_of_a_rolled_back_transaction_do_not_resolve(store: Store) -> None:
@@ -97,7 +103,7 @@ async def test_tokens_of_a_rolled_back_transaction_do_not_resolve(store: Store) 
     [task] = await seed_tasks(store)
     with pytest.raises(LookupError):
         await insert_token_then_fail(store, task)
-    assert await store.lookup_token(HASH_A) is None
+    assert await token_of(store, HASH_A) is None
 
 
 # Receipts.
