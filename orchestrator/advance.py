@@ -1,24 +1,27 @@
-"""What one transaction does to a run: apply a report, advance a barrier, start ready steps.
+"""The run-changing work of one transaction, on batches: reports, barriers, steps, runs.
 
-`Advance` works inside one open store transaction. It applies the pure state machines of
-states.py and barrier.py, writes their results through the StoreTx, and collects in an
-`Outbox` what must happen only after the commit: history to publish, tasks to dispatch,
-slots to release, handlers to stop, timers to arm or clear.
+Each operation takes a batch (N reports, N arrivals, N tasks to cancel) and costs a
+constant number of store statements whatever N is. Decisions come from the pure state
+machines (`states.decide_report`, `barrier.advance`); task writes are built by
+`task_moves` from the transition table; what must happen after the commit goes into the
+outbox. Nothing here performs I/O other than through the transaction.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from orchestrator import barrier as barriers
+from orchestrator import task_moves
 from orchestrator.barrier import Arrival, Barrier, BarrierStatus, Effect
-from orchestrator.dispatch import Ready
 from orchestrator.ids import new_id
 from orchestrator.model import StepSpec, WorkflowSpec
-from orchestrator.records import HistoryEntry, Run, Task
+from orchestrator.outbox import Outbox, Ready, StepKey
+from orchestrator.records import Event, HistoryEntry, Run, Task
+from orchestrator.specs import RunInfo, SpecCache
 from orchestrator.states import (
     Ignore,
     Outcome,
@@ -27,44 +30,40 @@ from orchestrator.states import (
     RunMove,
     RunState,
     Settle,
-    TaskMove,
     TaskState,
     decide_report,
     next_run_state,
-    next_task_state,
 )
-from orchestrator.store import StoreTx
+from orchestrator.store import BarrierWrite, StoreConflict, StoreTx
+from orchestrator.task_moves import TaskWrite
 
-RETRYABLE = frozenset({TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED})
+RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED)
 
 
 class FanOutError(ValueError):
-    """A step's for_each source is missing or not a list."""
+    """A step's for_each does not name a list: the run fails with this message."""
 
 
-@dataclass(slots=True)
-class Outbox:
-    """What one transaction decided to do once it has committed."""
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What someone says about one attempt of a task, as they last saw the task.
 
-    history: list[HistoryEntry] = field(default_factory=list)
-    submit: list[Ready] = field(default_factory=list)
-    released: list[str] = field(default_factory=list)
-    interrupted: list[str] = field(default_factory=list)
-    deadlines: list[Barrier] = field(default_factory=list)
-    cleared_deadlines: list[tuple[str, str]] = field(default_factory=list)
-    task_deadlines: list[Task] = field(default_factory=list)
+    `task` may be stale (read before the transaction): the conditional write decides, and
+    a report whose write does not apply is decided again on the stored row.
+    """
 
-    def note(self, type: str, at: float, run_id: str | None = None, **data: Any) -> HistoryEntry:
-        task_id = data.pop("task_id", None)
-        step = data.pop("step", None)
-        entry = HistoryEntry(type, at, run_id, task_id, step, data)
-        self.history.append(entry)
-        return entry
+    task: Task
+    attempt: int
+    outcome: Outcome
+    output: Any = None
+    error: str | None = None
+    source: str = "handler"
+    began: float | None = None  # when a local handler really started running
 
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """The result of applying a report: whether it changed the task, and if not, why."""
+    """Whether a report changed its task; if not, why, and the task as stored."""
 
     changed: bool
     reason: str | None = None
@@ -72,169 +71,238 @@ class Applied:
     entry: HistoryEntry | None = None  # the history entry that records the change
 
 
-class Advance:
-    """The run-changing operations of one transaction."""
+@dataclass(frozen=True, slots=True)
+class _Arrival:
+    key: StepKey
+    arrival: Arrival
+    counts_into: dict[str, Any] | None = None
 
-    def __init__(
-        self,
-        tx: StoreTx,
-        now: float,
-        rng: random.Random,
-        spec_of: Callable[[Run], WorkflowSpec],
-    ) -> None:
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    index: int
+    report: Report
+    decision: Settle | Retry
+    write: TaskWrite
+
+
+class Advance:
+    """The run-changing operations of one transaction; effects go to `outbox`."""
+
+    def __init__(self, tx: StoreTx, now: float, rng: random.Random, specs: SpecCache) -> None:
         self.tx = tx
         self.now = now
         self.rng = rng
-        self.spec_of = spec_of
+        self.specs = specs
         self.outbox = Outbox()
+
+    async def infos(self, run_ids: Iterable[str]) -> dict[str, RunInfo]:
+        return await self.specs.load(self.tx, set(run_ids))
 
     # -- reports ---------------------------------------------------------------------------
 
-    async def report(
-        self,
-        task: Task,
-        attempt: int,
-        outcome: Outcome,
-        output: Any = None,
-        error: str | None = None,
-        source: str = "handler",
-    ) -> Applied:
-        """Apply one report of `outcome` for `attempt` of `task` (the one completion path)."""
-        run = await self.tx.get_run(task.run_id)
-        assert run is not None  # noqa: S101 - a foreign key guarantees it
-        step = self.spec_of(run).steps[task.step]
+    async def report(self, reports: Sequence[Report]) -> list[Applied]:
+        """Apply a batch of reports, at most one per task (the one completion path).
+
+        The batch's tasks and their barriers are read (locked) first and each report is
+        decided on the stored row, in order, as if the reports came one after another: a
+        report whose step's barrier an earlier report of the batch decided finds its task
+        cancelled by that decision, as it would have one transaction later.
+        """
+        tasks = await self.tx.tasks({report.task.id for report in reports})
+        infos = await self.infos(task.run_id for task in tasks.values())
+        read = await self.tx.barriers({(t.run_id, t.step) for t in tasks.values()})
+        barrier_now = dict(read)
+        results: list[Applied] = []
+        plans: list[_Plan] = []
+        for index, report in enumerate(reports):
+            task = tasks.get(report.task.id)
+            if task is None:
+                results.append(Applied(False, "no such task", report.task))
+                continue
+            decision = self._decide(task, report, infos[task.run_id].step(task.step))
+            if isinstance(decision, Ignore):
+                results.append(self._ignored(task, report, decision.reason))
+                continue
+            key = (task.run_id, task.step)
+            barrier = barrier_now.get(key)
+            if barrier is not None and barrier.status is not BarrierStatus.WAITING:
+                # Decided by an earlier report of this batch, which cancels this task.
+                reason = f"the barrier of {task.step} decided first"
+                ignored = self._ignored(task, report, reason)
+                results.append(replace(ignored, task=task.replace(state=TaskState.CANCELLED)))
+                continue
+            if barrier is not None and isinstance(decision, Settle):
+                barrier_now[key] = barriers.advance(barrier, _arrival_of(decision), self.now)[0]
+            plans.append(_Plan(index, report, decision, self._write(task, report, decision)))
+            results.append(Applied(False))  # replaced below once the write applied
+        applied = await self.tx.write_tasks([plan.write for plan in plans])
+        if len(applied) != len(plans):
+            raise StoreConflict("a task changed under this transaction")
+        arrivals: list[_Arrival] = []
+        for plan in plans:
+            info = infos[plan.write.task.run_id]
+            results[plan.index] = self._record(info, plan, arrivals)
+        await self.arrive(arrivals, read)
+        return results
+
+    def _decide(self, task: Task, report: Report, step: StepSpec) -> Settle | Retry | Ignore:
         policy = RetryPolicy(step.max_attempts, step.backoff, step.backoff_max)
-        decision = decide_report(
-            task.state, task.attempt, attempt, outcome, policy, self.now, self.rng
+        return decide_report(
+            task.state, task.attempt, report.attempt, report.outcome, policy, self.now, self.rng
         )
+
+    def _write(self, task: Task, report: Report, decision: Settle | Retry) -> TaskWrite:
+        if isinstance(decision, Retry):
+            return task_moves.back_off(
+                task, decision.attempt, decision.not_before, self.now, report.error
+            )
+        return task_moves.settle(
+            task, report.outcome, self.now, report.output, report.error, report.began
+        )
+
+    def _ignored(self, task: Task, report: Report, reason: str) -> Applied:
+        self.outbox.note(
+            "report_ignored", self.now, task.run_id, task_id=task.id, step=task.step,
+            outcome=report.outcome, attempt=report.attempt, source=report.source, reason=reason,
+        )  # fmt: skip
+        return Applied(False, reason, task)
+
+    def _record(self, info: RunInfo, plan: _Plan, arrivals: list[_Arrival]) -> Applied:
+        """History and follow-ups of a report whose write applied."""
+        task, report = plan.write.task, plan.report
         ids = {"task_id": task.id, "step": task.step}
         # A handler still running for a report from elsewhere (a timer, an operator) is
         # stopped; a callback lets the handler that registered it finish on its own.
-        interrupt = source not in ("handler", "callback")
-        if isinstance(decision, Ignore):
-            self.outbox.note(
-                "report_ignored", self.now, run.id, **ids, outcome=outcome,
-                attempt=attempt, source=source, reason=decision.reason,
-            )  # fmt: skip
-            return Applied(False, decision.reason, task)
-        if isinstance(decision, Retry):
-            retried = task.replace(
-                state=TaskState.PENDING, attempt=decision.attempt, due_at=decision.not_before,
-                started_at=None, error=error, awaiting=False, dispatch_tries=0,
-            )  # fmt: skip
-            if not await self.tx.transition_task(retried, task.state, task.attempt):
-                return Applied(False, "the task changed meanwhile", task)
+        self.outbox.release(task.id, interrupt=report.source not in ("handler", "callback"))
+        if isinstance(plan.decision, Retry):
             failed = self.outbox.note(
-                "task_attempt_failed", self.now, run.id, **ids, attempt=task.attempt,
-                outcome=decision.failed_as, error=error, source=source,
+                "task_attempt_failed", self.now, task.run_id, **ids, attempt=report.attempt,
+                outcome=plan.decision.failed_as, error=report.error, source=report.source,
             )  # fmt: skip
             self.outbox.note(
-                "task_retry_scheduled", self.now, run.id, **ids, attempt=decision.attempt,
-                not_before=decision.not_before,
+                "task_retry_scheduled", self.now, task.run_id, **ids, attempt=task.attempt,
+                not_before=task.due_at,
             )  # fmt: skip
-            self._release(task.id, interrupt)
-            self.outbox.submit.append(Ready(retried, run.workflow, step))
-            return Applied(True, task=retried, entry=failed)
-        assert isinstance(decision, Settle)  # noqa: S101 - Decision is a closed union
-        finished = task.replace(
-            state=decision.state, finished_at=self.now, due_at=None, output=output, error=error
-        )
-        if not await self.tx.transition_task(finished, task.state, task.attempt):
-            return Applied(False, "the task changed meanwhile", task)
+            self.outbox.ready.append(Ready(task, info.workflow, info.step(task.step)))
+            return Applied(True, task=task, entry=failed)
         entry = self.outbox.note(
-            f"task_{decision.state.value}", self.now, run.id, **ids, item=task.item_key,
-            attempt=task.attempt, source=source, error=error, duration=_duration(finished),
+            f"task_{task.state.value}", self.now, task.run_id, **ids, item=task.item_key,
+            attempt=task.attempt, source=report.source, error=report.error,
+            duration=_rounded(task.ran), waited=_rounded(task.waited),
         )  # fmt: skip
-        self._release(task.id, interrupt)
-        arrival = Arrival.SUCCEEDED if decision.state is TaskState.SUCCEEDED else Arrival.FAILED
-        await self.arrive(run, task.step, arrival, counts_into=entry.data)
-        return Applied(True, task=finished, entry=entry)
-
-    def _release(self, task_id: str, interrupt: bool) -> None:
-        self.outbox.released.append(task_id)
-        if interrupt:
-            self.outbox.interrupted.append(task_id)
+        assert isinstance(plan.decision, Settle)  # noqa: S101 - Retry returned above
+        arrivals.append(_Arrival((task.run_id, task.step), _arrival_of(plan.decision), entry.data))
+        return Applied(True, task=task, entry=entry)
 
     # -- barriers --------------------------------------------------------------------------
 
+    async def deadline(self, run_id: str, step: str) -> None:
+        """The step's deadline passed: its barrier decides with what has arrived."""
+        await self.arrive([_Arrival((run_id, step), Arrival.DEADLINE)])
+
     async def arrive(
-        self, run: Run, step: str, arrival: Arrival, counts_into: dict[str, Any] | None = None
+        self, arrivals: Sequence[_Arrival], read: dict[StepKey, Barrier] | None = None
     ) -> None:
-        """Tell the step's barrier; act on its decision.
+        """Tell the barriers (`read` already, or read now); act on their decisions.
 
         The barrier's new counts go into `counts_into` (the data of the task's own history
-        entry) when given, else into a `barrier_advanced` entry: one row per completion,
-        not two.
+        entry) when given, else into a `barrier_advanced` entry: one row per completion.
         """
-        barrier = await self.tx.get_barrier(run.id, step)
-        if barrier is None:
+        if not arrivals:
             return
-        advanced, effects = barriers.advance(barrier, arrival, self.now)
-        if Effect.IGNORED in effects:
-            return
-        await self.tx.save_barrier(advanced, barrier.status)
-        counts = {
-            "succeeded": advanced.succeeded, "failed": advanced.failed,
-            "expected": advanced.expected, "required": advanced.required,
-        }  # fmt: skip
-        if counts_into is not None:
-            counts_into["barrier"] = counts
-        else:
-            self.outbox.note("barrier_advanced", self.now, run.id, step=step, **counts)
-        await self._apply_barrier_effects(run, advanced, effects)
+        if read is None:
+            read = await self.tx.barriers({arrival.key for arrival in arrivals})
+        current = dict(read)
+        effects: dict[StepKey, list[Effect]] = {}
+        for arrival in arrivals:
+            barrier = current.get(arrival.key)
+            if barrier is None:
+                continue
+            advanced, said = barriers.advance(barrier, arrival.arrival, self.now)
+            if Effect.IGNORED in said:
+                continue
+            current[arrival.key] = advanced
+            effects.setdefault(arrival.key, []).extend(said)
+            self._counts(advanced, arrival.counts_into)
+        writes = [BarrierWrite(current[key], read[key]) for key in effects]
+        if len(await self.tx.write_barriers(writes)) != len(writes):
+            raise StoreConflict("a barrier changed under this transaction")
+        opened: list[str] = []
+        for key, decided in effects.items():
+            opened += await self._act_on(current[key], decided)
+        await self.start_ready_steps(opened)
 
-    async def _apply_barrier_effects(
-        self, run: Run, barrier: Barrier, effects: Iterable[Effect]
-    ) -> None:
-        effects = tuple(effects)
+    def _counts(self, barrier: Barrier, into: dict[str, Any] | None) -> None:
+        counts = {
+            "succeeded": barrier.succeeded, "failed": barrier.failed,
+            "expected": barrier.expected, "required": barrier.required,
+        }  # fmt: skip
+        if into is not None:
+            into["barrier"] = counts
+        else:
+            self.outbox.note(
+                "barrier_advanced", self.now, barrier.run_id, step=barrier.step, **counts
+            )
+
+    async def _act_on(self, barrier: Barrier, effects: list[Effect]) -> list[str]:
+        """Carry out a barrier's decision; the run ids whose next steps may now start."""
+        run_id = barrier.run_id
         if Effect.CANCEL_OUTSTANDING in effects:
-            outstanding = await self.tx.tasks_of_run(run.id, barrier.step)
+            outstanding = await self.tx.unfinished_tasks(run_id, barrier.step)
             await self.cancel(outstanding, f"barrier of {barrier.step} decided")
         if barrier.deadline_at is not None and barrier.status is not BarrierStatus.WAITING:
-            self.outbox.cleared_deadlines.append((run.id, barrier.step))
+            self.outbox.cleared_step_deadlines.append((run_id, barrier.step))
+        data = _barrier_data(barrier)
         if Effect.OPENED in effects:
-            self.outbox.note(
-                "barrier_opened", self.now, run.id, step=barrier.step, **_barrier_data(barrier)
-            )
-            await self.start_ready_steps(run)
+            self.outbox.note("barrier_opened", self.now, run_id, step=barrier.step, **data)
+            return [run_id]
         if Effect.FAILED in effects:
-            self.outbox.note(
-                "barrier_failed", self.now, run.id, step=barrier.step, **_barrier_data(barrier)
-            )
-            await self.finish_run(run, RunMove.FAIL, reason=barrier.reason)
+            self.outbox.note("barrier_failed", self.now, run_id, step=barrier.step, **data)
+            await self.finish_run(run_id, RunMove.FAIL, reason=barrier.reason)
+        return []
 
     # -- tasks and runs --------------------------------------------------------------------
 
-    async def cancel(self, tasks: Iterable[Task], reason: str) -> None:
-        """Cancel every unfinished task among `tasks` and stop their handlers."""
-        for task in tasks:
-            if task.state.finished:
-                continue
-            cancelled = task.replace(
-                state=TaskState.CANCELLED, finished_at=self.now, due_at=None, error=reason
-            )
-            if await self.tx.transition_task(cancelled, task.state, task.attempt):
+    async def cancel(self, tasks: Iterable[Task], reason: str) -> int:
+        """Cancel every unfinished task among `tasks` and stop their handlers; how many."""
+        writes = [task_moves.cancel(t, self.now, reason) for t in tasks if not t.state.finished]
+        applied = await self.tx.write_tasks(writes)
+        for write in writes:
+            task = write.task
+            if task.id in applied:
                 self.outbox.note(
                     "task_cancelled", self.now, task.run_id, task_id=task.id, step=task.step,
                     reason=reason,
                 )  # fmt: skip
-                self._release(task.id, interrupt=True)
+                self.outbox.release(task.id, interrupt=True)
+        return len(applied)
 
-    async def finish_run(self, run: Run, move: RunMove, reason: str | None = None) -> bool:
+    async def finish_run(self, run_id: str, move: RunMove, reason: str | None = None) -> bool:
         """Move a running run to its end; a failed or cancelled run cancels its unfinished tasks."""
-        current = await self.tx.get_run(run.id)
-        if current is None or current.status is not RunState.RUNNING:
+        new = next_run_state(RunState.RUNNING, move)
+        if not await self.tx.set_run_status(run_id, RunState.RUNNING, new, self.now):
             return False
-        new = next_run_state(current.status, move)
-        if not await self.tx.set_run_status(run.id, current.status, new, self.now):
-            return False
+        info = (await self.infos([run_id]))[run_id]
         if new is not RunState.SUCCEEDED:
-            await self.cancel(await self.tx.tasks_of_run(run.id), f"run {new.value}")
-            for barrier in await self.tx.barriers_of_run(run.id):
-                if barrier.deadline_at is not None and barrier.status is BarrierStatus.WAITING:
-                    self.outbox.cleared_deadlines.append((run.id, barrier.step))
-        self.outbox.note(f"run_{new.value}", self.now, run.id, workflow=run.workflow, reason=reason)
+            await self.cancel(await self.tx.unfinished_tasks(run_id), f"run {new.value}")
+            self.outbox.cleared_step_deadlines.extend((run_id, step) for step in info.spec.steps)
+        self.outbox.note(
+            f"run_{new.value}", self.now, run_id, workflow=info.workflow, reason=reason
+        )
         return True
+
+    async def create_run(self, run_id: str, event: Event, workflow: str, spec: WorkflowSpec) -> Run:
+        """A new run of `workflow` for `event`, its ready steps started."""
+        run = Run(
+            id=run_id, workflow=workflow, event_id=event.id,
+            status=RunState.RUNNING, created_at=self.now, spec=spec.model_dump(mode="json"),
+        )  # fmt: skip
+        await self.tx.insert_run(run)
+        self.specs.info(run, spec)
+        self.outbox.note("run_started", self.now, run.id, workflow=workflow)
+        await self.start_ready_steps([run.id])
+        return run
 
     async def retry_run(self, run: Run, reason: str) -> int:
         """Re-run what did not succeed in a failed or cancelled run; succeeded work is kept.
@@ -247,104 +315,134 @@ class Advance:
         running = next_run_state(run.status, RunMove.RETRY)
         if not await self.tx.set_run_status(run.id, run.status, running, None):
             return 0
-        spec = self.spec_of(run)
-        tasks = await self.tx.tasks_of_run(run.id)
-        retried = 0
-        for barrier in await self.tx.barriers_of_run(run.id):
+        info = self.specs.info(run)
+        tasks = await self.tx.tasks_of_steps([(run.id, step) for step in info.spec.steps])
+        barrier_writes, task_writes = [], []
+        for barrier in await self.tx.barriers_of_runs([run.id]):
             if barrier.status is BarrierStatus.OPEN:
                 continue
-            step = spec.steps[barrier.step]
+            step = info.step(barrier.step)
             own = [task for task in tasks if task.step == barrier.step]
             reset = replace(
-                barrier,
-                status=BarrierStatus.WAITING,
+                barrier, status=BarrierStatus.WAITING, failed=0, decided_at=None, reason=None,
                 succeeded=sum(task.state is TaskState.SUCCEEDED for task in own),
-                failed=0,
-                decided_at=None,
-                reason=None,
                 deadline_at=None if step.deadline is None else self.now + step.deadline,
-            )
-            await self.tx.save_barrier(reset, barrier.status)
-            if reset.deadline_at is not None:
-                self.outbox.deadlines.append(reset)
-            for task in own:
-                if task.state in RETRYABLE:
-                    await self._retry_task(run, task, step)
-                    retried += 1
-        self.outbox.note(
-            "run_retried", self.now, run.id, workflow=run.workflow, tasks=retried, reason=reason
-        )
-        await self.start_ready_steps(run)
-        return retried
-
-    async def _retry_task(self, run: Run, task: Task, step: StepSpec) -> None:
-        again = task.replace(
-            state=next_task_state(task.state, TaskMove.RETRY), attempt=task.attempt + 1,
-            due_at=None, started_at=None, finished_at=None, output=None, error=None,
-            awaiting=False, dispatch_tries=0, wait_window=None,
-        )  # fmt: skip
-        if await self.tx.transition_task(again, task.state, task.attempt):
-            self.outbox.note(
-                "task_retried", self.now, run.id, task_id=task.id, step=task.step,
-                attempt=again.attempt, was=task.state.value,
             )  # fmt: skip
-            self.outbox.submit.append(Ready(again, run.workflow, step))
+            barrier_writes.append(BarrierWrite(reset, barrier))
+            if reset.deadline_at is not None:
+                self.outbox.step_deadlines.append(reset)
+            task_writes += [task_moves.retry(t, self.now) for t in own if t.state in RETRYABLE]
+        if len(await self.tx.write_barriers(barrier_writes)) != len(barrier_writes):
+            raise StoreConflict("a barrier changed under this transaction")
+        applied = await self.tx.write_tasks(task_writes)
+        for write in task_writes:
+            task = write.task
+            if task.id in applied:
+                self.outbox.note(
+                    "task_retried", self.now, run.id, task_id=task.id, step=task.step,
+                    attempt=task.attempt, was=write.expected_state.value,
+                )  # fmt: skip
+                self.outbox.ready.append(Ready(task, run.workflow, info.step(task.step)))
+        self.outbox.note(
+            "run_retried",
+            self.now,
+            run.id,
+            workflow=run.workflow,
+            tasks=len(applied),
+            reason=reason,
+        )
+        await self.start_ready_steps([run.id])
+        return len(applied)
 
     # -- starting steps --------------------------------------------------------------------
 
-    async def start_ready_steps(self, run: Run) -> None:
-        """Create barrier and tasks of every step whose needs are all open (cascading)."""
-        spec = self.spec_of(run)
-        started = {barrier.step: barrier for barrier in await self.tx.barriers_of_run(run.id)}
-        while ready := _ready_steps(spec, started):
+    async def start_ready_steps(self, run_ids: Iterable[str]) -> None:
+        """Create the barriers and tasks of every step whose needs are all open, in every
+        one of these runs (cascading through steps that open at once); one insert each."""
+        wanted = list(dict.fromkeys(run_ids))
+        if not wanted:
+            return
+        runs = await self.tx.runs(wanted)
+        running = [run for run in runs.values() if run.status is RunState.RUNNING]
+        started: dict[str, dict[str, Barrier]] = {run.id: {} for run in running}
+        for barrier in await self.tx.barriers_of_runs([run.id for run in running]):
+            started[barrier.run_id][barrier.step] = barrier
+        new_barriers: list[Barrier] = []
+        new_tasks: list[Task] = []
+        finished: list[tuple[str, RunMove, str | None]] = []
+        for run in running:
+            info = self.specs.info(run)
+            try:
+                made = await self._start_steps(info, started[run.id])
+            except FanOutError as error:
+                finished.append((run.id, RunMove.FAIL, str(error)))
+                continue
+            for barrier, tasks in made:
+                new_barriers.append(barrier)
+                new_tasks += tasks
+            if len(started[run.id]) == len(info.spec.steps) and all(
+                barrier.status is BarrierStatus.OPEN for barrier in started[run.id].values()
+            ):
+                finished.append((run.id, RunMove.COMPLETE, None))
+        await self.tx.insert_barriers(new_barriers)
+        await self.tx.insert_tasks(new_tasks)
+        for run_id, move, reason in finished:
+            await self.finish_run(run_id, move, reason=reason)
+
+    async def _start_steps(
+        self, info: RunInfo, started: dict[str, Barrier]
+    ) -> list[tuple[Barrier, list[Task]]]:
+        made = []
+        while ready := _ready_steps(info.spec, started):
             for name in ready:
+                step = info.step(name)
                 try:
-                    items = await self._items(run, spec.steps[name])
+                    items = await self._items(info, step)
                 except FanOutError as error:
                     self.outbox.note(
-                        "step_input_invalid", self.now, run.id, step=name, error=str(error)
+                        "step_input_invalid", self.now, info.run_id, step=name, error=str(error)
                     )
-                    await self.finish_run(run, RunMove.FAIL, reason=str(error))
-                    return
-                started[name] = await self._start_step(run, name, spec.steps[name], items)
-        if len(started) == len(spec.steps) and all(
-            barrier.status is BarrierStatus.OPEN for barrier in started.values()
-        ):
-            await self.finish_run(run, RunMove.COMPLETE)
+                    raise
+                barrier, tasks = self._step(info, name, step, items)
+                started[name] = barrier
+                made.append((barrier, tasks))
+        return made
 
-    async def _start_step(
-        self, run: Run, name: str, step: StepSpec, items: list[tuple[str, Any]]
-    ) -> Barrier:
+    def _step(
+        self, info: RunInfo, name: str, step: StepSpec, items: list[tuple[str, Any]]
+    ) -> tuple[Barrier, list[Task]]:
         deadline_at = None if step.deadline is None else self.now + step.deadline
         barrier, effects = barriers.create(
-            run.id, name, len(items), step.policy(), self.now, deadline_at
+            info.run_id, name, len(items), step.policy(), self.now, deadline_at
         )
-        await self.tx.insert_barrier(barrier)
-        tasks = [Task(new_id("tsk", self.now), run.id, name, key, item) for key, item in items]
-        await self.tx.insert_tasks(tasks)
+        tasks = [
+            Task(new_id("tsk", self.now), info.run_id, name, key, item, queued_at=self.now)
+            for key, item in items
+        ]
         self.outbox.note(
-            "step_started", self.now, run.id, step=name, tasks=len(tasks), required=barrier.required
-        )
-        self.outbox.submit.extend(Ready(task, run.workflow, step) for task in tasks)
+            "step_started", self.now, info.run_id, step=name, tasks=len(tasks),
+            required=barrier.required,
+        )  # fmt: skip
+        self.outbox.ready.extend(Ready(task, info.workflow, step) for task in tasks)
         if deadline_at is not None and barrier.status is BarrierStatus.WAITING:
-            self.outbox.deadlines.append(barrier)
+            self.outbox.step_deadlines.append(barrier)
         if Effect.OPENED in effects:
             self.outbox.note(
-                "barrier_opened", self.now, run.id, step=name, **_barrier_data(barrier)
+                "barrier_opened", self.now, info.run_id, step=name, **_barrier_data(barrier)
             )
-        return barrier
+        return barrier, tasks
 
-    async def _items(self, run: Run, step: StepSpec) -> list[tuple[str, Any]]:
+    async def _items(self, info: RunInfo, step: StepSpec) -> list[tuple[str, Any]]:
         """The (item key, item) pairs a step fans out over; one ("", None) without for_each."""
         source = step.for_each_source()
         if source is None:
             return [("", None)]
         head, path = source
         if head == "event":
-            event = await self.tx.get_event(run.event_id)
+            event = await self.tx.get_event(info.event_id)
             value: Any = {} if event is None else event.payload
         else:
-            upstream = await self.tx.tasks_of_run(run.id, head)
+            upstream = await self.tx.tasks_of_steps([(info.run_id, head)])
             succeeded = [task for task in upstream if task.state is TaskState.SUCCEEDED]
             if len(upstream) == 1 and upstream[0].item_key == "":
                 value = succeeded[0].output if succeeded else None
@@ -361,6 +459,10 @@ class Advance:
         return [(str(index), item) for index, item in enumerate(value)]
 
 
+def _arrival_of(decision: Settle) -> Arrival:
+    return Arrival.SUCCEEDED if decision.state is TaskState.SUCCEEDED else Arrival.FAILED
+
+
 def _ready_steps(spec: WorkflowSpec, started: dict[str, Barrier]) -> list[str]:
     return [
         name
@@ -372,10 +474,8 @@ def _ready_steps(spec: WorkflowSpec, started: dict[str, Barrier]) -> list[str]:
     ]
 
 
-def _duration(task: Task) -> float | None:
-    if task.started_at is None or task.finished_at is None:
-        return None
-    return round(task.finished_at - task.started_at, 6)
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 6)
 
 
 def _barrier_data(barrier: Barrier) -> dict[str, Any]:

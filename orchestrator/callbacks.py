@@ -115,7 +115,7 @@ async def complete(request: Request) -> Response:
         problem = HttpError(422, "invalid_callback", _first_problem(error))
         raise await _reject(engine, task, problem) from None
     verdict, reason = await engine.callback(
-        task.id, attempt, webhook_id, hashlib.sha256(body).hexdigest(),
+        task, attempt, webhook_id, hashlib.sha256(body).hexdigest(),
         Outcome(parsed.status), output, parsed.error,
     )  # fmt: skip
     status = VERDICT_STATUS[verdict]
@@ -129,7 +129,7 @@ def _checked_output(engine: Engine, handler_path: str, parsed: CallbackBody) -> 
     if parsed.status != "succeeded":
         return parsed.output
     try:
-        handler = engine.dispatcher.handler(handler_path)
+        handler = engine.handler(handler_path)
     except HandlerImportError:
         return parsed.output
     try:

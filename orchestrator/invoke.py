@@ -302,23 +302,42 @@ def _is_union(annotation: Any) -> bool:
 
 
 async def invoke(
-    handler: Handler, ctx: Context, item: Any, fan_out: bool, executor: Executor
-) -> Invocation:
-    """Call the handler (sync ones in a worker thread) and turn what happens into a result."""
+    handler: Handler,
+    ctx: Context,
+    item: Any,
+    fan_out: bool,
+    executor: Executor,
+    clock: Callable[[], float] = time.time,
+) -> tuple[Invocation, float | None]:
+    """Call the handler (sync ones in a worker thread) and turn what happens into a result;
+    also when it really began (a worker thread may have been busy before)."""
     args = (ctx, item) if fan_out else (ctx,)
+    began: list[float] = []
+
+    def call() -> Any:
+        began.append(clock())
+        return handler.function(*args)
+
     try:
         if handler.is_async:
+            began.append(clock())
             value = await handler.function(*args)
         else:
-            call = functools.partial(contextvars.copy_context().run, handler.function, *args)
-            value = await asyncio.get_running_loop().run_in_executor(executor, call)
+            run = functools.partial(contextvars.copy_context().run, call)
+            value = await asyncio.get_running_loop().run_in_executor(executor, run)
         if isinstance(value, AwaitCallback):
-            return Handoff(value.timeout, value.heartbeat)
+            return Handoff(value.timeout, value.heartbeat), None
         output = handler.check_output(value)
     except asyncio.CancelledError:
         raise
     except DispatchError as error:
-        return Redispatch(str(error), error.retry_after)
+        return Redispatch(str(error), error.retry_after), None
     except Exception as error:
-        return HandlerResult(Outcome.FAILED, error=f"{type(error).__name__}: {error}")
-    return HandlerResult(Outcome.SUCCEEDED, output=output)
+        return HandlerResult(Outcome.FAILED, error=f"{type(error).__name__}: {error}"), _first(
+            began
+        )
+    return HandlerResult(Outcome.SUCCEEDED, output=output), _first(began)
+
+
+def _first(began: list[float]) -> float | None:
+    return began[0] if began else None

@@ -1,84 +1,42 @@
 """The one outgoing HTTP client: bounded connections, sane timeouts, redirects not followed.
 
-httpcore's connection pool re-scans all its connections and queued requests on every
-request and release, probing each idle socket; with 32 connections and a 1,000-task
-fan-out that scan was most of the CPU (a 1,000-request burst took 4.7 s through one pool
-of 32 connections, 0.7 s through the transport below; see docs/benchmarks.md). So each
-connection gets a pool of its own (one connection, nothing to scan), kept in a free list
-per origin, and requests beyond the limit wait on a semaphore, in order, costing nothing
-while they wait.
+Handlers and tests see an `httpx.AsyncClient` (`ctx.http`, respx in unit tests); under it
+runs aiohttp's connection pool and C HTTP parser through the `httpx-aiohttp` transport.
+Measured side by side (bench/outgoing.py, docs/decisions.md section 10), it spends about
+two thirds of the CPU per request of httpx's own httpcore stack, which was the largest
+single cost of a remote task; and it queues requests beyond the connection limit in
+order, in aiohttp's connector, costing nothing while they wait.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict
-
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 MAX_CONNECTIONS = 32
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
-Origin = tuple[bytes, bytes, int | None]
 
-
-class ConnectionShards(httpx.AsyncBaseTransport):
-    """At most `limit` requests at once, each on an idle one-connection pool of its origin."""
-
-    def __init__(self, limit: int = MAX_CONNECTIONS) -> None:
-        self._limit = limit
-        self._slots = asyncio.Semaphore(limit)
-        self._idle: defaultdict[Origin, list[httpx.AsyncHTTPTransport]] = defaultdict(list)
-        self._idle_count = 0
-        self._closed = False
-        # Loading the CA bundle takes tens of milliseconds: once, not per connection.
-        self._tls = httpx.create_ssl_context()
-
-    def _origin(self, request: httpx.Request) -> Origin:
-        url = request.url
-        return (url.raw_scheme, url.raw_host, url.port)
-
-    def _take(self, origin: Origin) -> httpx.AsyncHTTPTransport:
-        idle = self._idle[origin]
-        if idle:
-            self._idle_count -= 1
-            return idle.pop()  # the most recently used: its connection is the warmest
-        return httpx.AsyncHTTPTransport(
-            verify=self._tls, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        )
-
-    async def _give_back(self, origin: Origin, transport: httpx.AsyncHTTPTransport) -> None:
-        if self._closed or self._idle_count >= self._limit:
-            await transport.aclose()  # many origins: keep at most `limit` idle connections
-            return
-        self._idle[origin].append(transport)
-        self._idle_count += 1
+class ServiceTransport(AiohttpTransport):
+    """httpx-aiohttp's transport, with every failure to reach a service raised as an
+    httpx.TransportError, which callers (`ctx.dispatch`) treat as "try again later"."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        async with self._slots:
-            origin = self._origin(request)
-            transport = self._take(origin)
-            try:
-                response = await transport.handle_async_request(request)
-                # Read the body here, so the connection is free again when it goes back.
-                await response.aread()
-            finally:
-                # A pool drops a broken connection by itself; the next request reconnects.
-                await self._give_back(origin, transport)
-            return response
-
-    async def aclose(self) -> None:
-        self._closed = True
-        idle = [transport for transports in self._idle.values() for transport in transports]
-        self._idle.clear()
-        self._idle_count = 0
-        for transport in idle:
-            await transport.aclose()
+        try:
+            return await super().handle_async_request(request)
+        except httpx.TransportError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            detail = str(error) or type(error).__name__
+            raise httpx.NetworkError(detail, request=request) from error
 
 
 def http_client(max_connections: int = MAX_CONNECTIONS) -> httpx.AsyncClient:
     """The shared client for every outgoing call the orchestrator and its handlers make."""
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
     return httpx.AsyncClient(
-        transport=ConnectionShards(max_connections),
-        timeout=httpx.Timeout(10.0, connect=5.0),
-        follow_redirects=False,
+        transport=ServiceTransport(limits=limits), timeout=TIMEOUT, follow_redirects=False
     )

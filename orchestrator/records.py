@@ -45,6 +45,11 @@ class Task:
     was handed off to an external service and waits for its callback; `dispatch_tries`
     counts failed hand-offs of the current attempt; `wait_window` is how far each heartbeat
     pushes the deadline of a task awaiting its callback.
+
+    Timing: `queued_at` is when the current attempt became ready to start, `started_at` when
+    it started running (a local handler's first instruction, else its dispatch) and
+    `finished_at` when it ended; the wait (queued -> started: limits, a free handler slot,
+    backoff) is kept apart from the run (started -> finished).
     """
 
     id: str
@@ -62,9 +67,24 @@ class Task:
     awaiting: bool = False
     dispatch_tries: int = 0
     wait_window: float | None = None
+    queued_at: float | None = None
 
     def replace(self, **changes: Any) -> Self:
         return replace(self, **changes)
+
+    @property
+    def ran(self) -> float | None:
+        """Seconds the attempt ran, without the time it waited to start."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - self.started_at)
+
+    @property
+    def waited(self) -> float | None:
+        """Seconds the attempt waited to start (queued, rate-limited, backing off)."""
+        if self.queued_at is None or self.started_at is None:
+            return None
+        return max(0.0, self.started_at - self.queued_at)
 
     @property
     def label(self) -> str:

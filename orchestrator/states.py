@@ -2,16 +2,21 @@
 
 Rules:
 
-* A task moves only along TASK_TRANSITIONS. Finished states (succeeded, failed, timed_out,
-  cancelled) never change, except that an operator retry returns failed, timed_out or
-  cancelled to pending with attempt + 1.
+* A task moves only along TASK_TRANSITIONS, and every write of a task's state is built by
+  `orchestrator.task_moves` from this table: a move not in it raises IllegalMove, a bug.
+  Finished states (succeeded, failed, timed_out, cancelled) never change, except that an
+  operator retry returns failed, timed_out or cancelled to pending with attempt + 1.
+* pending -> dispatched when the dispatcher starts the attempt. A dispatched attempt that a
+  restart interrupted, or whose hand-off did not get through, is requeued: back to pending
+  with the same attempt (at-least-once, same idempotency key). Handing off to a service
+  (await) and a heartbeat (extend) keep it dispatched.
 * A report (succeeded / failed / timed_out) counts only for the current attempt while it is
   dispatched. A succeeded or failed report also counts while that attempt is pending again
   after a hand-off whose outcome was in doubt (a timeout may mean the service did get the
   job and calls back). Anything else is ignored with a reason: the caller records it in
   history and changes nothing.
-* A failed or timed-out attempt with attempts left goes back to pending with attempt + 1
-  and a not-before time from exponential backoff with full jitter; it does not reach the
+* A failed or timed-out attempt with attempts left backs off: pending with attempt + 1 and
+  a not-before time from exponential backoff with full jitter; it does not reach the
   barrier. The last attempt's failure is final and does.
 * A run is running until a barrier fails (failed), every step's barrier is open
   (succeeded) or an operator cancels it (cancelled). A finished run never changes, except
@@ -44,24 +49,31 @@ FINISHED_TASK_STATES = frozenset(
 
 
 class TaskMove(StrEnum):
-    DISPATCH = "dispatch"
-    REQUEUE = "requeue"  # a dispatched attempt that a restart interrupted: same attempt again
+    DISPATCH = "dispatch"  # the dispatcher starts the attempt
+    AWAIT = "await"  # the handler handed the work to a service: wait for its callback
+    EXTEND = "extend"  # a heartbeat pushes the deadline of an awaited attempt
+    REQUEUE = "requeue"  # interrupted or not handed off: the same attempt again, later
     SUCCEED = "succeed"
     FAIL = "fail"
     TIME_OUT = "time_out"
+    BACK_OFF = "back_off"  # the attempt failed with attempts left: the next one, later
     CANCEL = "cancel"
-    RETRY = "retry"
+    RETRY = "retry"  # an operator re-runs a finished task: a new attempt
 
 
 TASK_TRANSITIONS: dict[tuple[TaskState, TaskMove], TaskState] = {
     (TaskState.PENDING, TaskMove.DISPATCH): TaskState.DISPATCHED,
-    (TaskState.PENDING, TaskMove.CANCEL): TaskState.CANCELLED,
     (TaskState.PENDING, TaskMove.SUCCEED): TaskState.SUCCEEDED,
     (TaskState.PENDING, TaskMove.FAIL): TaskState.FAILED,
+    (TaskState.PENDING, TaskMove.BACK_OFF): TaskState.PENDING,
+    (TaskState.PENDING, TaskMove.CANCEL): TaskState.CANCELLED,
+    (TaskState.DISPATCHED, TaskMove.AWAIT): TaskState.DISPATCHED,
+    (TaskState.DISPATCHED, TaskMove.EXTEND): TaskState.DISPATCHED,
     (TaskState.DISPATCHED, TaskMove.REQUEUE): TaskState.PENDING,
     (TaskState.DISPATCHED, TaskMove.SUCCEED): TaskState.SUCCEEDED,
     (TaskState.DISPATCHED, TaskMove.FAIL): TaskState.FAILED,
     (TaskState.DISPATCHED, TaskMove.TIME_OUT): TaskState.TIMED_OUT,
+    (TaskState.DISPATCHED, TaskMove.BACK_OFF): TaskState.PENDING,
     (TaskState.DISPATCHED, TaskMove.CANCEL): TaskState.CANCELLED,
     (TaskState.FAILED, TaskMove.RETRY): TaskState.PENDING,
     (TaskState.TIMED_OUT, TaskMove.RETRY): TaskState.PENDING,

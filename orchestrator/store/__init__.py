@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from orchestrator.store.base import Page, Store, StoreTx, StoreUnavailable, Unfinished
+from orchestrator.store.base import (
+    BarrierWrite,
+    CallbackToken,
+    Page,
+    Receipt,
+    Store,
+    StoreConflict,
+    StoreTx,
+    StoreUnavailable,
+    Unfinished,
+)
+from orchestrator.store.memory import MemoryStore
 from orchestrator.store.sqlite import SqliteStore, sqlite_path
 
 __all__ = [
+    "BarrierWrite",
+    "CallbackToken",
+    "MemoryStore",
     "Page",
+    "Receipt",
     "SqliteStore",
     "Store",
+    "StoreConflict",
     "StoreTx",
     "StoreUnavailable",
     "Unfinished",

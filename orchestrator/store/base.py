@@ -1,29 +1,41 @@
-"""The storage interface the engine speaks: domain operations, never SQL.
+"""The storage interface the engine speaks: domain operations on batches, never SQL.
 
-A `StoreTx` is one transaction. The engine composes a task completion, its barrier update,
-its history rows and the tasks of newly ready steps inside one `async with
-store.transaction()`; everything commits together or not at all. Conditional updates
-(`transition_task`, `save_barrier`, `set_run_status`) answer whether they applied, so the
-store, not an in-memory check, decides races between replicas.
+A `StoreTx` is one transaction. Its operations take and return batches, so that a fan-out
+of N tasks, a dispatch of N tasks or a batch of N callbacks costs a constant number of
+statements (one round trip each on a networked database), not N. Conditional writes
+(`write_tasks`, `write_barriers`, `set_run_status`) answer what applied, so the store, not
+an in-memory check, decides races between concurrent writers and replicas.
+
+Reads inside a transaction (`tasks`, `barriers`) lock the rows they return until the
+transaction ends where the backend can (PostgreSQL's FOR UPDATE); SQLite has one writer,
+so every read in a write transaction is already current.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from orchestrator.barrier import Barrier, BarrierStatus
+from orchestrator.barrier import Barrier
 from orchestrator.records import Event, HistoryEntry, Run, Task
-from orchestrator.states import RunState, TaskState
+from orchestrator.states import RunState
+from orchestrator.task_moves import TaskWrite
 
 
 class StoreUnavailable(Exception):
     """The store is busy or unreachable: a temporary problem, answered 503, never 4xx."""
 
 
+class StoreConflict(StoreUnavailable):
+    """A row changed under a transaction that expected otherwise: try the whole thing again."""
+
+
 T = TypeVar("T")
+
+StepKey = tuple[str, str]  # (run id, step)
+ReceiptKey = tuple[str, str]  # (task id, webhook-id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,51 +54,101 @@ class Unfinished:
     barriers: list[Barrier]
 
 
+@dataclass(frozen=True, slots=True)
+class BarrierWrite:
+    """`barrier` as it will be stored, if the stored row still equals `expected` in status
+    and counts (what this transaction read)."""
+
+    barrier: Barrier
+    expected: Barrier
+
+    @property
+    def key(self) -> StepKey:
+        return (self.barrier.run_id, self.barrier.step)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """An accepted callback: its task, the sender's webhook-id and the body's SHA-256."""
+
+    task_id: str
+    webhook_id: str
+    body_hash: str
+    at: float
+
+    @property
+    def key(self) -> ReceiptKey:
+        return (self.task_id, self.webhook_id)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackToken:
+    """A callback token's hash and the task attempt it was made for."""
+
+    token_hash: str
+    task_id: str
+    attempt: int
+
+
 class StoreTx(Protocol):
+    # -- events and runs -------------------------------------------------------------------
+
     async def insert_event(self, event: Event) -> tuple[Event, bool]:
         """Insert `event`, or return the stored one with the same (trigger, dedup_key) and False."""
 
+    async def get_event(self, event_id: str) -> Event | None: ...
+
     async def insert_run(self, run: Run) -> None: ...
 
-    async def get_run(self, run_id: str) -> Run | None: ...
-
-    async def get_event(self, event_id: str) -> Event | None: ...
+    async def runs(self, run_ids: Collection[str]) -> dict[str, Run]:
+        """The runs with these ids (those that exist)."""
 
     async def set_run_status(
         self, run_id: str, expected: RunState, new: RunState, at: float | None
     ) -> bool:
         """Move the run from `expected` to `new`; False if it was not in `expected`."""
 
-    async def insert_barrier(self, barrier: Barrier) -> None: ...
+    # -- barriers --------------------------------------------------------------------------
 
-    async def get_barrier(self, run_id: str, step: str) -> Barrier | None:
-        """The barrier, locked for update until the transaction ends where the backend can."""
+    async def insert_barriers(self, barriers: Sequence[Barrier]) -> None: ...
 
-    async def barriers_of_run(self, run_id: str) -> list[Barrier]: ...
+    async def barriers(self, keys: Collection[StepKey]) -> dict[StepKey, Barrier]:
+        """The barriers of these (run, step) keys, locked until the transaction ends."""
 
-    async def save_barrier(self, barrier: Barrier, expected: BarrierStatus) -> bool:
-        """Write the barrier's counts and status if it is still `expected`."""
+    async def barriers_of_runs(self, run_ids: Collection[str]) -> list[Barrier]:
+        """Every barrier of these runs, in the order they were created."""
+
+    async def write_barriers(self, writes: Sequence[BarrierWrite]) -> set[StepKey]:
+        """Apply each write whose barrier is still as expected; the keys that applied."""
+
+    # -- tasks -----------------------------------------------------------------------------
 
     async def insert_tasks(self, tasks: Sequence[Task]) -> None: ...
 
-    async def get_task(self, task_id: str) -> Task | None: ...
+    async def tasks(self, task_ids: Collection[str]) -> dict[str, Task]:
+        """The tasks with these ids, locked until the transaction ends."""
 
-    async def tasks_of_run(self, run_id: str, step: str | None = None) -> list[Task]: ...
+    async def tasks_of_steps(self, keys: Collection[StepKey]) -> list[Task]:
+        """Every task of these (run, step) keys, in creation order."""
 
-    async def transition_task(
-        self, task: Task, expected_state: TaskState, expected_attempt: int
-    ) -> bool:
-        """Write `task` if the stored one is still in `expected_state` at `expected_attempt`."""
+    async def unfinished_tasks(self, run_id: str, step: str | None = None) -> list[Task]:
+        """The pending and dispatched tasks of a run (of one step, if given)."""
 
-    async def insert_callback_tokens(self, tokens: Sequence[tuple[str, str, int]]) -> None:
-        """Record (token hash, task id, attempt) rows; an existing hash is left as it is."""
+    async def write_tasks(self, writes: Sequence[TaskWrite]) -> set[str]:
+        """Apply each write whose task is still in its expected state and attempt; the ids
+        that applied."""
 
-    async def get_receipt(self, task_id: str, webhook_id: str) -> str | None:
-        """The body hash of the callback accepted for this task under `webhook_id`, if any."""
+    # -- callbacks -------------------------------------------------------------------------
 
-    async def insert_receipt(
-        self, task_id: str, webhook_id: str, body_hash: str, at: float
-    ) -> None: ...
+    async def insert_callback_tokens(self, tokens: Sequence[CallbackToken]) -> None:
+        """Record tokens; an existing hash is left as it is (a re-dispatch makes the same)."""
+
+    async def receipts(self, keys: Collection[ReceiptKey]) -> dict[ReceiptKey, str]:
+        """The body hashes of the callbacks accepted under these (task, webhook-id) keys."""
+
+    async def insert_receipts(self, receipts: Sequence[Receipt]) -> None: ...
+
+    # -- history ---------------------------------------------------------------------------
 
     async def append_history(self, entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
         """Append entries; returns them with their store-assigned increasing ids."""

@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from orchestrator.store.base import StoreUnavailable
+
+T = TypeVar("T")
 
 MAX_GROUP = 512
 BUSY_TIMEOUT_MS = 5000
@@ -165,6 +168,21 @@ class GroupCommit:
             self._committing = None
             if self._group is group:
                 self._group = None
+
+    async def offload(self, work: Callable[[], T]) -> T:
+        """Run `work` on the connection in its own thread: for statements whose cost grows
+        with the data (a fan-out of thousands, a sweep), so the event loop keeps serving.
+
+        Only from inside a logical transaction, which holds the connection: nothing else
+        touches it until `work` is done.
+        """
+        done = asyncio.get_running_loop().run_in_executor(self._thread, work)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # The rollback that follows must not meet the connection still in use.
+            await asyncio.wait([done])
+            raise
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:

@@ -1,190 +1,56 @@
-"""SqliteStore: the embedded default store, on aiosqlite in WAL mode.
+"""SqliteStore: the embedded default store, one SQLite file in WAL mode.
 
-One write connection runs transactions one at a time (SQLite has a single writer anyway);
-a second connection serves reads, which WAL lets run beside a write.
+The writer's logical transactions are committed in groups (group_commit.py) and speak
+batches (sqlite_tx.py); reads outside transactions are here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from orchestrator.barrier import Barrier, BarrierStatus
+from orchestrator.barrier import Barrier
 from orchestrator.ids import time_floor
-from orchestrator.model import JoinPolicy
 from orchestrator.records import Event, HistoryEntry, Run, Task
-from orchestrator.states import RunState, TaskState
+from orchestrator.states import RunState
 from orchestrator.store.base import Page, StoreUnavailable, Unfinished
 from orchestrator.store.group_commit import GroupCommit
+from orchestrator.store.rows import (
+    barrier_from_row,
+    event_from_row,
+    history_from_row,
+    run_from_row,
+    task_from_row,
+)
+from orchestrator.store.sqlite_schema import MIGRATIONS, statements
+from orchestrator.store.sqlite_tx import SqliteTx
 
-MIGRATIONS: list[str] = [
-    # 1: the initial schema.
-    """
-    CREATE TABLE events (
-        id TEXT PRIMARY KEY,
-        trigger TEXT NOT NULL,
-        workflow TEXT NOT NULL,
-        received_at REAL NOT NULL,
-        payload TEXT NOT NULL,
-        dedup_key TEXT,
-        UNIQUE (trigger, dedup_key)
-    );
-    CREATE TABLE runs (
-        id TEXT PRIMARY KEY,
-        workflow TEXT NOT NULL,
-        event_id TEXT NOT NULL REFERENCES events (id),
-        status TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        finished_at REAL,
-        spec TEXT NOT NULL
-    );
-    CREATE INDEX runs_by_workflow ON runs (workflow, id);
-    CREATE INDEX runs_by_status ON runs (status, id);
-    CREATE INDEX runs_by_event ON runs (event_id);
-    CREATE TABLE barriers (
-        run_id TEXT NOT NULL REFERENCES runs (id),
-        step TEXT NOT NULL,
-        expected INTEGER NOT NULL,
-        required INTEGER NOT NULL,
-        succeeded INTEGER NOT NULL,
-        failed INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        policy TEXT NOT NULL,
-        deadline_at REAL,
-        decided_at REAL,
-        reason TEXT,
-        PRIMARY KEY (run_id, step)
-    );
-    CREATE INDEX barriers_waiting ON barriers (status) WHERE status = 'waiting';
-    CREATE TABLE tasks (
-        id TEXT PRIMARY KEY,
-        run_id TEXT NOT NULL REFERENCES runs (id),
-        step TEXT NOT NULL,
-        item_key TEXT NOT NULL,
-        item TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        due_at REAL,
-        started_at REAL,
-        finished_at REAL,
-        output TEXT,
-        error TEXT,
-        UNIQUE (run_id, step, item_key)
-    );
-    CREATE INDEX tasks_unfinished ON tasks (state) WHERE state IN ('pending', 'dispatched');
-    CREATE TABLE history (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at REAL NOT NULL,
-        type TEXT NOT NULL,
-        run_id TEXT,
-        task_id TEXT,
-        step TEXT,
-        data TEXT NOT NULL
-    );
-    CREATE INDEX history_by_run ON history (run_id, id);
-    CREATE INDEX history_by_type ON history (type, id);
-    CREATE INDEX history_by_task ON history (task_id, id);
-    """,
-    # 2: completion callbacks - tokens per attempt, receipts per webhook-id, a server key.
-    """
-    ALTER TABLE tasks ADD COLUMN awaiting INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE tasks ADD COLUMN dispatch_tries INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE tasks ADD COLUMN wait_window REAL;
-    CREATE TABLE callback_tokens (
-        token_hash TEXT PRIMARY KEY,
-        task_id TEXT NOT NULL REFERENCES tasks (id),
-        attempt INTEGER NOT NULL
-    );
-    CREATE TABLE callback_receipts (
-        task_id TEXT NOT NULL REFERENCES tasks (id),
-        webhook_id TEXT NOT NULL,
-        body_hash TEXT NOT NULL,
-        received_at REAL NOT NULL,
-        PRIMARY KEY (task_id, webhook_id)
-    );
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    # 3: deadlines far ahead stay in the store; the dispatcher reads them a window at a time.
-    """
-    CREATE INDEX tasks_deadlines ON tasks (due_at) WHERE state = 'dispatched';
-    """,
-    # 4: retention sweeps start from what expired, never scanning history or tasks.
-    """
-    CREATE INDEX runs_finished ON runs (finished_at) WHERE status != 'running';
-    CREATE INDEX events_by_time ON events (received_at);
-    """,
-]
+# The batch statements read their keys with the JSON ->> operator (SQLite 3.38).
+MIN_SQLITE = (3, 38, 0)
 
-SELECT_EVENT = "SELECT * FROM events WHERE id = ?"
-SELECT_EVENT_BY_DEDUP = "SELECT * FROM events WHERE trigger = ? AND dedup_key = ?"
-INSERT_EVENT = """
-    INSERT INTO events (id, trigger, workflow, received_at, payload, dedup_key)
-    VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (trigger, dedup_key) DO NOTHING
-"""
-INSERT_RUN = """
-    INSERT INTO runs (id, workflow, event_id, status, created_at, finished_at, spec)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
-"""
 SELECT_RUN = "SELECT * FROM runs WHERE id = ?"
 SELECT_RUNS_OF_EVENT = "SELECT * FROM runs WHERE event_id = ? ORDER BY id"
-UPDATE_RUN_STATUS = "UPDATE runs SET status = ?, finished_at = ? WHERE id = ? AND status = ?"
-INSERT_BARRIER = """
-    INSERT INTO barriers (run_id, step, expected, required, succeeded, failed, status, policy,
-                          deadline_at, decided_at, reason)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-SELECT_BARRIER = "SELECT * FROM barriers WHERE run_id = ? AND step = ?"
-SELECT_BARRIERS_OF_RUN = "SELECT * FROM barriers WHERE run_id = ? ORDER BY rowid"
-UPDATE_BARRIER = """
-    UPDATE barriers SET expected = ?, required = ?, succeeded = ?, failed = ?, status = ?,
-                        deadline_at = ?, decided_at = ?, reason = ?
-    WHERE run_id = ? AND step = ? AND status = ?
-"""
-INSERT_TASK = """
-    INSERT INTO tasks (id, run_id, step, item_key, item, state, attempt, due_at, started_at,
-                       finished_at, output, error, awaiting, dispatch_tries, wait_window)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
+SELECT_EVENT = "SELECT * FROM events WHERE id = ?"
 SELECT_TASK = "SELECT * FROM tasks WHERE id = ?"
 SELECT_TASKS_OF_RUN = "SELECT * FROM tasks WHERE run_id = ? ORDER BY rowid"
-SELECT_TASKS_OF_STEP = "SELECT * FROM tasks WHERE run_id = ? AND step = ? ORDER BY rowid"
-UPDATE_TASK = """
-    UPDATE tasks SET state = ?, attempt = ?, due_at = ?, started_at = ?, finished_at = ?,
-                     output = ?, error = ?, awaiting = ?, dispatch_tries = ?, wait_window = ?
-    WHERE id = ? AND state = ? AND attempt = ?
-"""
-INSERT_CAPABILITY = """
-    INSERT INTO callback_tokens (token_hash, task_id, attempt) VALUES (?, ?, ?)
-    ON CONFLICT (token_hash) DO NOTHING
-"""
+SELECT_BARRIERS_OF_RUN = "SELECT * FROM barriers WHERE run_id = ? ORDER BY rowid"
 SELECT_CALLBACK_TARGET = """
     SELECT tasks.*, callback_tokens.attempt AS token_attempt
     FROM callback_tokens JOIN tasks ON tasks.id = callback_tokens.task_id
     WHERE callback_tokens.token_hash = ?
-"""
-SELECT_RECEIPT = "SELECT body_hash FROM callback_receipts WHERE task_id = ? AND webhook_id = ?"
-INSERT_RECEIPT = """
-    INSERT INTO callback_receipts (task_id, webhook_id, body_hash, received_at) VALUES (?, ?, ?, ?)
 """
 SELECT_META = "SELECT value FROM meta WHERE key = ?"
 SELECT_LAST_CRON_FIRE = """
     SELECT max(dedup_key) FROM events
     WHERE trigger = ? AND dedup_key GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T*Z'
 """
-INSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
-INSERT_HISTORY = """
-    INSERT INTO history (at, type, run_id, task_id, step, data) VALUES (?, ?, ?, ?, ?, ?)
-"""
-SELECT_LAST_ID = "SELECT last_insert_rowid()"
 PRUNE_TASK_HISTORY = """
     DELETE FROM history WHERE id IN (
         SELECT history.id FROM runs CROSS JOIN history ON history.run_id = runs.id
@@ -241,289 +107,12 @@ SELECT_WAITING_BARRIERS = """
 """
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _loads_or_none(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def event_from_row(row: sqlite3.Row) -> Event:
-    return Event(
-        id=row["id"],
-        trigger=row["trigger"],
-        workflow=row["workflow"],
-        received_at=row["received_at"],
-        payload=json.loads(row["payload"]),
-        dedup_key=row["dedup_key"],
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _spec(text: str) -> Any:
-    """A run's spec, parsed once: every completion reads its run, and specs never change."""
-    return json.loads(text)
-
-
-@functools.lru_cache(maxsize=256)
-def _policy(text: str) -> JoinPolicy:
-    return JoinPolicy.model_validate_json(text)
-
-
-def run_from_row(row: sqlite3.Row) -> Run:
-    return Run(
-        id=row["id"],
-        workflow=row["workflow"],
-        event_id=row["event_id"],
-        status=RunState(row["status"]),
-        created_at=row["created_at"],
-        finished_at=row["finished_at"],
-        spec=_spec(row["spec"]),
-    )
-
-
-def barrier_from_row(row: sqlite3.Row) -> Barrier:
-    return Barrier(
-        run_id=row["run_id"],
-        step=row["step"],
-        expected=row["expected"],
-        required=row["required"],
-        succeeded=row["succeeded"],
-        failed=row["failed"],
-        status=BarrierStatus(row["status"]),
-        policy=_policy(row["policy"]),
-        deadline_at=row["deadline_at"],
-        decided_at=row["decided_at"],
-        reason=row["reason"],
-    )
-
-
-def task_from_row(row: sqlite3.Row) -> Task:
-    return Task(
-        id=row["id"],
-        run_id=row["run_id"],
-        step=row["step"],
-        item_key=row["item_key"],
-        item=json.loads(row["item"]),
-        state=TaskState(row["state"]),
-        attempt=row["attempt"],
-        due_at=row["due_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        output=_loads_or_none(row["output"]),
-        error=row["error"],
-        awaiting=bool(row["awaiting"]),
-        dispatch_tries=row["dispatch_tries"],
-        wait_window=row["wait_window"],
-    )
-
-
-def history_from_row(row: sqlite3.Row) -> HistoryEntry:
-    return HistoryEntry(
-        id=row["id"],
-        at=row["at"],
-        type=row["type"],
-        run_id=row["run_id"],
-        task_id=row["task_id"],
-        step=row["step"],
-        data=json.loads(row["data"]),
-    )
-
-
-def _task_params(task: Task) -> tuple[Any, ...]:
-    output = None if task.output is None else _dumps(task.output)
-    return (
-        task.state.value,
-        task.attempt,
-        task.due_at,
-        task.started_at,
-        task.finished_at,
-        output,
-        task.error,
-        int(task.awaiting),
-        task.dispatch_tries,
-        task.wait_window,
-    )
-
-
 def sqlite_path(url: str) -> str:
     """The file path in `sqlite:///relative.db` or `sqlite:////absolute.db`."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
         raise ValueError(f"expected a URL such as sqlite:///orchestrator.db, got {url!r}")
     return url[len(prefix) :]
-
-
-class SqliteTx:
-    """One logical write transaction. Its statements run on the calling thread: each takes
-    microseconds, where a hop to a database thread would cost far more (group_commit.py)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def _one(self, sql: str, params: Sequence[Any]) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
-        return row
-
-    def _all(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
-        return self._conn.execute(sql, params).fetchall()
-
-    async def changed_rows(self, sql: str, params: Sequence[Any]) -> int:
-        return self._conn.execute(sql, params).rowcount
-
-    def _changed(self, sql: str, params: Sequence[Any]) -> bool:
-        return self._conn.execute(sql, params).rowcount == 1
-
-    async def insert_event(self, event: Event) -> tuple[Event, bool]:
-        params = (
-            event.id,
-            event.trigger,
-            event.workflow,
-            event.received_at,
-            _dumps(event.payload),
-            event.dedup_key,
-        )
-        if self._changed(INSERT_EVENT, params):
-            return event, True
-        row = self._one(SELECT_EVENT_BY_DEDUP, (event.trigger, event.dedup_key))
-        assert row is not None, "a dedup conflict implies a stored event"  # noqa: S101
-        return event_from_row(row), False
-
-    async def get_event(self, event_id: str) -> Event | None:
-        row = self._one(SELECT_EVENT, (event_id,))
-        return None if row is None else event_from_row(row)
-
-    async def insert_run(self, run: Run) -> None:
-        self._conn.execute(
-            INSERT_RUN,
-            (
-                run.id,
-                run.workflow,
-                run.event_id,
-                run.status.value,
-                run.created_at,
-                run.finished_at,
-                _dumps(run.spec),
-            ),
-        )
-
-    async def get_run(self, run_id: str) -> Run | None:
-        row = self._one(SELECT_RUN, (run_id,))
-        return None if row is None else run_from_row(row)
-
-    async def set_run_status(
-        self, run_id: str, expected: RunState, new: RunState, at: float | None
-    ) -> bool:
-        return self._changed(UPDATE_RUN_STATUS, (new.value, at, run_id, expected.value))
-
-    async def insert_barrier(self, barrier: Barrier) -> None:
-        self._conn.execute(
-            INSERT_BARRIER,
-            (
-                barrier.run_id,
-                barrier.step,
-                barrier.expected,
-                barrier.required,
-                barrier.succeeded,
-                barrier.failed,
-                barrier.status.value,
-                barrier.policy.model_dump_json(),
-                barrier.deadline_at,
-                barrier.decided_at,
-                barrier.reason,
-            ),
-        )
-
-    async def get_barrier(self, run_id: str, step: str) -> Barrier | None:
-        row = self._one(SELECT_BARRIER, (run_id, step))
-        return None if row is None else barrier_from_row(row)
-
-    async def barriers_of_run(self, run_id: str) -> list[Barrier]:
-        return [barrier_from_row(row) for row in self._all(SELECT_BARRIERS_OF_RUN, (run_id,))]
-
-    async def save_barrier(self, barrier: Barrier, expected: BarrierStatus) -> bool:
-        params = (
-            barrier.expected,
-            barrier.required,
-            barrier.succeeded,
-            barrier.failed,
-            barrier.status.value,
-            barrier.deadline_at,
-            barrier.decided_at,
-            barrier.reason,
-            barrier.run_id,
-            barrier.step,
-            expected.value,
-        )
-        return self._changed(UPDATE_BARRIER, params)
-
-    async def insert_tasks(self, tasks: Sequence[Task]) -> None:
-        rows = [
-            (task.id, task.run_id, task.step, task.item_key, _dumps(task.item), *_task_params(task))
-            for task in tasks
-        ]
-        self._conn.executemany(INSERT_TASK, rows)
-
-    async def get_task(self, task_id: str) -> Task | None:
-        row = self._one(SELECT_TASK, (task_id,))
-        return None if row is None else task_from_row(row)
-
-    async def tasks_of_run(self, run_id: str, step: str | None = None) -> list[Task]:
-        if step is None:
-            rows = self._all(SELECT_TASKS_OF_RUN, (run_id,))
-        else:
-            rows = self._all(SELECT_TASKS_OF_STEP, (run_id, step))
-        return [task_from_row(row) for row in rows]
-
-    async def transition_task(
-        self, task: Task, expected_state: TaskState, expected_attempt: int
-    ) -> bool:
-        params = (*_task_params(task), task.id, expected_state.value, expected_attempt)
-        return self._changed(UPDATE_TASK, params)
-
-    async def insert_callback_tokens(self, tokens: Sequence[tuple[str, str, int]]) -> None:
-        self._conn.executemany(INSERT_CAPABILITY, tokens)
-
-    async def insert_meta(self, key: str, value: str) -> None:
-        """Set `key` unless it is already set (first writer wins across replicas)."""
-        self._conn.execute(INSERT_META, (key, value))
-
-    async def get_receipt(self, task_id: str, webhook_id: str) -> str | None:
-        row = self._one(SELECT_RECEIPT, (task_id, webhook_id))
-        return None if row is None else str(row[0])
-
-    async def insert_receipt(
-        self, task_id: str, webhook_id: str, body_hash: str, at: float
-    ) -> None:
-        self._conn.execute(INSERT_RECEIPT, (task_id, webhook_id, body_hash, at))
-
-    async def append_history(self, entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
-        batch = list(entries)
-        if not batch:
-            return []
-        rows = [
-            (entry.at, entry.type, entry.run_id, entry.task_id, entry.step, _dumps(entry.data))
-            for entry in batch
-        ]
-        self._conn.executemany(INSERT_HISTORY, rows)
-        # This transaction holds SQLite's one write lock, so AUTOINCREMENT gave the batch
-        # consecutive ids ending at last_insert_rowid(): two round trips for any batch size.
-        row = self._one(SELECT_LAST_ID, ())
-        assert row is not None  # noqa: S101 - the query always yields a row
-        first = row[0] - len(batch) + 1
-        return [
-            HistoryEntry(
-                id=first + offset,
-                at=entry.at,
-                type=entry.type,
-                run_id=entry.run_id,
-                task_id=entry.task_id,
-                step=entry.step,
-                data=entry.data,
-            )
-            for offset, entry in enumerate(batch)
-        ]
 
 
 class SqliteStore:
@@ -548,6 +137,11 @@ class SqliteStore:
         return cls(sqlite_path(url))
 
     async def open(self) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            needed = ".".join(map(str, MIN_SQLITE))
+            raise StoreUnavailable(
+                f"SQLite {sqlite3.sqlite_version} is too old: the store needs {needed} or newer"
+            )
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             # Migrating may wait on another process's write lock: not on the event loop.
@@ -599,7 +193,7 @@ class SqliteStore:
                     f"{len(MIGRATIONS)}: upgrade the orchestrator"
                 )
             for script in MIGRATIONS[current:]:
-                for statement in _statements(script):
+                for statement in statements(script):
                     db.execute(statement)
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
@@ -647,7 +241,7 @@ class SqliteStore:
             raise StoreUnavailable("the store is not open")
         try:
             async with self._commits.transaction() as conn:
-                yield SqliteTx(conn)
+                yield SqliteTx(conn, self._commits)
         except sqlite3.OperationalError as error:
             # Locked, busy, disk full: a temporary problem that callers answer with 503.
             raise StoreUnavailable(str(error)) from error
@@ -744,25 +338,40 @@ class SqliteStore:
         sql = f"SELECT * FROM history WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"  # noqa: S608 - clauses are fixed strings
         return [history_from_row(row) for row in await self._rows(sql, [*params, limit])]
 
+    async def _sweep(self, work: Callable[[sqlite3.Connection], int]) -> int:
+        """One batch of a retention sweep: its own transaction, its statements in the
+        connection's thread (they touch thousands of rows; the loop keeps serving)."""
+        commits = self._commits
+        if commits is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            async with commits.transaction() as conn:
+                return await commits.offload(lambda: work(conn))
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(str(error)) from error
+
     async def prune_task_history(self, before: float, limit: int) -> int:
-        async with self.transaction() as tx:
-            return await tx.changed_rows(PRUNE_TASK_HISTORY, (before, limit))
+        return await self._sweep(
+            lambda db: db.execute(PRUNE_TASK_HISTORY, (before, limit)).rowcount
+        )
 
     async def prune_payloads(self, before: float, limit: int) -> int:
-        async with self.transaction() as tx:
-            tasks = await tx.changed_rows(PRUNE_TASK_PAYLOADS, (before, limit))
-            events = await tx.changed_rows(PRUNE_EVENT_PAYLOADS, (before, before, limit))
-        return tasks + events
+        def prune(db: sqlite3.Connection) -> int:
+            tasks = db.execute(PRUNE_TASK_PAYLOADS, (before, limit)).rowcount
+            return tasks + db.execute(PRUNE_EVENT_PAYLOADS, (before, before, limit)).rowcount
+
+        return await self._sweep(prune)
 
     async def prune_runs(self, before: float, limit: int) -> int:
-        async with self.transaction() as tx:
-            run_ids = [row[0] for row in tx._all(SELECT_EXPIRED_RUNS, (before, limit))]
-            for run_id in run_ids:
-                for statement in DELETE_RUN_PARTS:
-                    await tx.changed_rows(statement, (run_id,))
+        def prune(db: sqlite3.Connection) -> int:
+            run_ids = [(row[0],) for row in db.execute(SELECT_EXPIRED_RUNS, (before, limit))]
+            for statement in DELETE_RUN_PARTS:
+                db.executemany(statement, run_ids)
             # Delivery ids go with their last run, and never before the runs' own age.
-            await tx.changed_rows(DELETE_ORPHAN_EVENTS, (before,))
-        return len(run_ids)
+            db.execute(DELETE_ORPHAN_EVENTS, (before,))
+            return len(run_ids)
+
+        return await self._sweep(prune)
 
     async def callback_target(self, token_hash: str) -> tuple[Task, int] | None:
         row = self._lookup(SELECT_CALLBACK_TARGET, (token_hash,))
@@ -791,7 +400,3 @@ class SqliteStore:
         tasks = [task_from_row(row) for row in await self._rows(SELECT_UNFINISHED_TASKS, ())]
         barriers = [barrier_from_row(row) for row in await self._rows(SELECT_WAITING_BARRIERS, ())]
         return Unfinished(tasks, barriers)
-
-
-def _statements(script: str) -> list[str]:
-    return [statement.strip() for statement in script.split(";") if statement.strip()]

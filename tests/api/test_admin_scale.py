@@ -11,7 +11,7 @@ import httpx
 
 from orchestrator.ids import new_id
 from orchestrator.settings import Settings
-from orchestrator.store.sqlite import MIGRATIONS
+from orchestrator.store.sqlite_schema import MIGRATIONS
 from tests.engine.conftest import H
 
 RUNS = 10_000

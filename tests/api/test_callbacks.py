@@ -18,7 +18,7 @@ from orchestrator.invoke import Context
 from orchestrator.records import HistoryEntry
 from orchestrator.settings import Settings
 from orchestrator.signing import new_secret, sign_headers
-from orchestrator.states import TaskState
+from orchestrator.states import Outcome, TaskState
 from orchestrator.store import StoreUnavailable
 from tests.api.conftest import engine_of
 from tests.engine import handlers
@@ -42,7 +42,7 @@ def settings_for(tmp_path: Path) -> Settings:
                 "signed": {"steps": {"wait": {**step, "service": "svc"}}},
                 "short": {"steps": {"wait": {**step, "timeout": "50ms"}}},
                 "retried": {
-                    "steps": {"wait": {**step, "timeout": "50ms", "retries": 1, "backoff": "10ms"}}
+                    "steps": {"wait": {**step, "timeout": "30s", "retries": 1, "backoff": "10ms"}}
                 },
                 "flaky": {
                     "steps": {
@@ -296,10 +296,11 @@ async def test_callback_of_a_replaced_attempt_is_gone(
     app: Starlette, client: httpx.AsyncClient
 ) -> None:
     """After a timeout and retry, the first attempt's token answers 410; the new one works."""
-    handlers.STATE.await_timeouts = {2: "30s"}  # the second attempt must not time out mid-test
     engine = engine_of(app)
     with engine.bus.subscribe() as subscription:
         _, (first,) = await handed_off(app, "retried")
+        # The first attempt's deadline passes (reported as its timer would).
+        assert await engine.report(first.task_id, 1, Outcome.TIMED_OUT, source="timer")
         async with asyncio.timeout(5):
             async for entry in subscription:
                 if entry.type == "task_awaiting_callback" and entry.data["attempt"] == 2:
@@ -317,9 +318,11 @@ async def test_callback_before_the_handler_returns_counts_once(
 ) -> None:
     """A service that calls back before its registration call returns gets 200, counted once."""
     answers: list[int] = []
+    answered = asyncio.Event()
 
     async def synchronous_service(ctx: Context) -> None:
         answers.append((await call_back(client, ctx)).status_code)
+        answered.set()
 
     handlers.STATE.before_return = synchronous_service
     engine = engine_of(app)
@@ -327,6 +330,8 @@ async def test_callback_before_the_handler_returns_counts_once(
         fired = await engine.fire("wf", {"items": [0]})
         assert fired.run_id is not None
         finished = await wait_for_end(subscription, fired.run_id)
+    async with asyncio.timeout(5):
+        await answered.wait()
     assert answers == [200]
     assert finished.status == "succeeded"
     assert not finished.of_type("task_awaiting_callback")

@@ -1,4 +1,7 @@
-"""An engine on a real SQLite file, and a helper that runs a workflow to its end."""
+"""Engines over the in-memory store (the honest fake the contract suite holds to the SQLite
+store's promises), and a helper that runs a workflow to its end.
+
+Tests that pin something of SQLite itself ask for `sqlite_store` instead."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import pytest
 from orchestrator.engine import Engine
 from orchestrator.model import WorkflowSpec
 from orchestrator.records import HistoryEntry
-from orchestrator.store import SqliteStore
+from orchestrator.store import MemoryStore, SqliteStore, Store
 
 RUN_END = ("run_succeeded", "run_failed", "run_cancelled")
 H = "tests.engine.handlers:"
@@ -59,7 +62,15 @@ async def wait_for_end(subscription: Any, run_id: str, within: float = 5.0) -> F
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+async def store() -> AsyncIterator[Store]:
+    store = MemoryStore()
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     store = SqliteStore(tmp_path / "engine.db")
     await store.open()
     yield store
@@ -67,7 +78,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 @pytest.fixture
-async def make_engine(store: SqliteStore) -> AsyncIterator[Callable[..., Engine]]:
+async def make_engine(store: Store) -> AsyncIterator[Callable[..., Engine]]:
     """Engines over the test's store; all are closed at the end of the test."""
     engines: list[Engine] = []
     async with httpx.AsyncClient() as http:

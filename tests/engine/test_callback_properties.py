@@ -66,8 +66,10 @@ async def run_scenario(engine: Engine, tasks: int, ops: list[tuple[str, int, int
             await engine.report(task_id, 1, Outcome.TIMED_OUT, source="timer")
             return
         output = {"name": f"d{delivery}", "count": delivery}
+        task = await engine.store.get_task(task_id)
+        assert task is not None
         await engine.callback(
-            task_id, 1, f"w{delivery}", f"{kind}/{delivery}", Outcome(kind), output, kind
+            task, 1, f"w{delivery}", f"{kind}/{delivery}", Outcome(kind), output, kind
         )
 
     # Everything at once, then every task succeeds late: each must still settle exactly once.

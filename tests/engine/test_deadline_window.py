@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from orchestrator.dispatch import WINDOW_KEY, timer_key
+from orchestrator.deadlines import WINDOW_KEY
+from orchestrator.deadlines import deadline_key as timer_key
 from orchestrator.engine import Engine
 from orchestrator.model import WorkflowSpec
 from orchestrator.records import Task
 from orchestrator.states import Outcome
-from orchestrator.store import SqliteStore
+from orchestrator.store import Store
 from tests.engine.conftest import wait_for_end
 
 MakeEngine = Callable[..., Engine]
@@ -121,7 +122,7 @@ async def test_a_task_done_before_its_window_loads_never_gets_a_timer(
 
 
 async def test_a_task_done_while_the_window_loads_gets_no_timer(
-    make_engine: MakeEngine, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+    make_engine: MakeEngine, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A task that completes after the window read it as dispatched, but before the read
     returns, is not put on the heap from that stale read."""
@@ -152,7 +153,7 @@ async def test_a_task_done_while_the_window_loads_gets_no_timer(
 
 
 async def test_the_store_lists_dispatched_deadlines_for_the_window(
-    make_engine: MakeEngine, store: SqliteStore
+    make_engine: MakeEngine, store: Store
 ) -> None:
     """deadlines_before lists the awaiting tasks due before a time, earliest first;
     next_deadline gives the first deadline at or after a time."""
@@ -170,7 +171,7 @@ async def test_the_store_lists_dispatched_deadlines_for_the_window(
 
 
 async def test_a_heartbeat_while_the_window_loads_keeps_its_extension(
-    make_engine: MakeEngine, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+    make_engine: MakeEngine, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A heartbeat that commits while the window read is in flight is not undone by that read."""
     engine = make_engine(waiting_workflow(), deadline_window=0.1)

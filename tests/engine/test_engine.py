@@ -1,4 +1,4 @@
-"""The engine over a real SQLite store: fan-out, joins, retries, deadlines, limits, restart."""
+"""The engine over the in-memory store: fan-out, joins, retries, deadlines, limits, restart."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from orchestrator.engine import Engine, RunStateError, UnknownTarget
 from orchestrator.model import TriggerSpec
 from orchestrator.records import HistoryEntry
 from orchestrator.states import Outcome, RunState, TaskState
-from orchestrator.store import SqliteStore
+from orchestrator.store import Store
 from tests.engine import handlers
 from tests.engine.conftest import run_to_end, wait_for_end, workflow
 
@@ -188,7 +188,7 @@ async def test_exhausted_retries_fail_fast_and_cancel_the_siblings(make_engine: 
     for task in tasks:
         states[task.step].add(task.state)
     assert states == {"bad": {TaskState.FAILED}, "slow": {TaskState.CANCELLED}}
-    assert engine.dispatcher.running == 0, "the cancelled handlers were stopped"
+    assert engine.launcher.running == 0, "the cancelled handlers were stopped"
 
 
 async def test_attempt_past_its_timeout_is_timed_out_by_the_timer(make_engine: MakeEngine) -> None:
@@ -394,7 +394,7 @@ async def test_unknown_name_is_refused_with_the_known_ones(make_engine: MakeEngi
 
 
 async def test_restart_requeues_interrupted_attempts_and_finishes_the_run(
-    store: SqliteStore, make_engine: MakeEngine
+    store: Store, make_engine: MakeEngine
 ) -> None:
     """Tasks dispatched when an engine stops are dispatched again by the next one, same attempt."""
     spec = {"wf": workflow(wait={"handler": "hang", "for_each": "event.items"})}
@@ -436,7 +436,7 @@ async def test_the_same_dedup_key_on_two_workflows_is_two_events(make_engine: Ma
 
 
 async def test_restart_keeps_exclusive_limits_for_tasks_awaiting_callbacks(
-    store: SqliteStore, make_engine: MakeEngine
+    store: Store, make_engine: MakeEngine
 ) -> None:
     """After a restart, a task still awaiting its callback holds its exclusive resource first."""
     spec = {

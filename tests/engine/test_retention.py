@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.engine import Engine
 from orchestrator.retention import SWEEP_KEY, Retention, RetentionJob, Swept
-from orchestrator.store import SqliteStore
+from orchestrator.store import Store
 from tests.engine.conftest import run_to_end, workflow
 from tests.engine.test_scheduler import Clock
 
@@ -26,7 +26,7 @@ def make(make_engine: Callable[..., Engine]) -> Callable[[Clock], Engine]:
 
 
 async def test_old_runs_lose_details_then_everything(
-    store: SqliteStore, make: Callable[[Clock], Engine]
+    store: Store, make: Callable[[Clock], Engine]
 ) -> None:
     """After 30 days task history and payloads go, the summary stays; after 365 days the run goes."""
     clock = Clock(T0)
@@ -64,7 +64,7 @@ async def test_old_runs_lose_details_then_everything(
 
 
 async def test_running_runs_are_never_pruned(
-    store: SqliteStore, make_engine: Callable[..., Engine]
+    store: Store, make_engine: Callable[..., Engine]
 ) -> None:
     """However old, a run that is still running keeps all of its details."""
     clock = Clock(T0)

@@ -36,7 +36,7 @@ async def test_handlers_beyond_the_cap_wait_and_all_finish(make_engine: MakeEngi
         # A read through the store's reader thread: a third handler would have started by now.
         states = [task.state for task in await engine.store.tasks_of_run(fired.run_id)]
         assert sorted(states) == sorted([TaskState.DISPATCHED] * 2 + [TaskState.PENDING] * 4)
-        assert (gate.inside, engine.dispatcher.running) == (2, 2)
+        assert (gate.inside, engine.launcher.running) == (2, 2)
         gate.release.set()
         finished = await wait_for_end(subscription, fired.run_id, within=2.0)
     assert finished.status == "succeeded"

@@ -14,7 +14,7 @@ from orchestrator.engine import Engine
 from orchestrator.model import TriggerSpec
 from orchestrator.records import Event
 from orchestrator.scheduler import CronScheduler, fire_key
-from orchestrator.store import SqliteStore
+from orchestrator.store import Store
 from tests.engine.conftest import workflow
 
 MONDAY_0742_BERLIN = datetime(2026, 11, 23, 6, 42, tzinfo=UTC)
@@ -40,7 +40,7 @@ class Clock:
 
 
 @pytest.fixture
-async def engines(store: SqliteStore) -> AsyncIterator[Callable[..., Engine]]:
+async def engines(store: Store) -> AsyncIterator[Callable[..., Engine]]:
     """Engines over one database, each with its own clock (a process, or a replica)."""
     made: list[Engine] = []
     async with httpx.AsyncClient() as http:
@@ -55,14 +55,14 @@ async def engines(store: SqliteStore) -> AsyncIterator[Callable[..., Engine]]:
             await engine.close()
 
 
-async def cron_events(store: SqliteStore) -> list[Event]:
+async def cron_events(store: Store) -> list[Event]:
     page = await store.list_runs(limit=500)
     events = [await store.get_event(run.event_id) for run in page.items]
     return sorted((e for e in events if e is not None), key=lambda e: e.dedup_key or "")
 
 
 async def test_a_fire_time_fires_once_across_two_instances(
-    store: SqliteStore, engines: Callable[..., Engine]
+    store: Store, engines: Callable[..., Engine]
 ) -> None:
     """Two instances over one database (a restart, or a replica) firing one instant: one run."""
     first = engines(Clock(MONDAY_0742_BERLIN), morning=trigger())
@@ -77,7 +77,7 @@ async def test_a_fire_time_fires_once_across_two_instances(
 
 
 async def test_restart_right_after_a_fire_does_not_fire_it_again(
-    store: SqliteStore, engines: Callable[..., Engine]
+    store: Store, engines: Callable[..., Engine]
 ) -> None:
     """A fire committed just before a crash is not repeated by the restart's misfire pass."""
     first = engines(Clock(MONDAY_0742_BERLIN), morning=trigger())
@@ -89,7 +89,7 @@ async def test_restart_right_after_a_fire_does_not_fire_it_again(
 
 
 async def test_crash_before_a_fire_committed_fires_it_once_at_restart(
-    store: SqliteStore, engines: Callable[..., Engine]
+    store: Store, engines: Callable[..., Engine]
 ) -> None:
     """If the process died in the middle of a fire (nothing committed), the restart fires it once."""
     previous = MONDAY_0742_BERLIN - timedelta(days=3)  # the Friday before
@@ -114,7 +114,7 @@ async def test_crash_before_a_fire_committed_fires_it_once_at_restart(
     ],
 )
 async def test_misfire_policy_after_downtime(
-    store: SqliteStore,
+    store: Store,
     engines: Callable[..., Engine],
     policy: str,
     grace: str,
@@ -133,7 +133,7 @@ async def test_misfire_policy_after_downtime(
 
 
 async def test_the_next_fire_is_one_timer_heap_entry_that_fires(
-    store: SqliteStore, engines: Callable[..., Engine]
+    store: Store, engines: Callable[..., Engine]
 ) -> None:
     """Started 100 ms before 07:42, the scheduler's heap entry fires the run, then arms the next."""
     clock = Clock(MONDAY_0742_BERLIN - timedelta(milliseconds=100))

@@ -14,26 +14,36 @@ from orchestrator.barrier import Barrier
 from orchestrator.ids import new_id
 from orchestrator.model import JoinPolicy
 from orchestrator.records import Event, Run, Task
-from orchestrator.states import RunState
-from orchestrator.store import SqliteStore, Store
+from orchestrator.states import RunState, TaskMove, TaskState
+from orchestrator.store import MemoryStore, SqliteStore, Store
+from orchestrator.task_moves import TaskWrite
 
 # A PostgresStore joins by adding its name here and a branch in StoreFactory.new.
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "memory"]
 
 
 class StoreFactory:
-    """Makes stores of one backend on one fresh database, and closes them all at teardown."""
+    """Makes stores of one backend on one fresh database, and closes them all at teardown.
+
+    A MemoryStore is its own database: for it, every store the factory makes is the same
+    object, so "a second store on the database" and "the store reopened" are that object.
+    """
 
     def __init__(self, backend: str, tmp_path: Path) -> None:
         self.backend = backend
         self.database = str(tmp_path / "orchestrator.db")
         self._made: list[Store] = []
+        self._memory: MemoryStore | None = None
 
     def new(self) -> Store:
         """A store on this factory's database, not yet opened (closed at teardown anyway)."""
         store: Store
         if self.backend == "sqlite":
             store = SqliteStore(self.database)
+        elif self.backend == "memory":
+            if self._memory is None:
+                self._memory = MemoryStore()
+            store = self._memory
         else:
             raise ValueError(f"no store for backend {self.backend!r}")
         self._made.append(store)
@@ -107,6 +117,22 @@ def make_task(run: Run, step: str = "research", key: str = "a", item: Any = None
 
 def make_barrier(run: Run, step: str = "research", policy: JoinPolicy | None = None) -> Barrier:
     return Barrier(run.id, step, expected=4, required=4, policy=policy or JoinPolicy())
+
+
+# The store never reads a write's move; the tests name it after the state the write reaches.
+MOVE_TO = {
+    TaskState.PENDING: TaskMove.REQUEUE,
+    TaskState.DISPATCHED: TaskMove.DISPATCH,
+    TaskState.SUCCEEDED: TaskMove.SUCCEED,
+    TaskState.FAILED: TaskMove.FAIL,
+    TaskState.TIMED_OUT: TaskMove.TIME_OUT,
+    TaskState.CANCELLED: TaskMove.CANCEL,
+}
+
+
+def write(task: Task, expected: TaskState, attempt: int = 1) -> TaskWrite:
+    """`task` as a write that applies only to a row still in `expected` at `attempt`."""
+    return TaskWrite(task, expected, attempt, MOVE_TO[task.state])
 
 
 async def seed_run(

@@ -2,7 +2,8 @@
 
 The tests speak only the Store and StoreTx protocols, never SQL, so every backend runs them
 unchanged through the `store` fixture; the two that pin SQLite's own choices ask for
-`sqlite_file` or `sqlite_backend`, which skip on other backends.
+`sqlite_file` or `sqlite_backend`, which skip on other backends. A MemoryStore is its own
+database, so on it "a second store" and "the store reopened" are the same object.
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ import pytest
 from orchestrator.ids import new_id
 from orchestrator.records import Task
 from orchestrator.states import RunState, TaskState
-from orchestrator.store import Store, StoreUnavailable
-from orchestrator.store.sqlite import MIGRATIONS
-from tests.store.conftest import T0, StoreFactory, make_task, seed_run, set_schema_version
+from orchestrator.store import CallbackToken, Receipt, Store, StoreUnavailable
+from orchestrator.store.sqlite_schema import MIGRATIONS
+from tests.store.conftest import (
+    T0,
+    StoreFactory,
+    make_task,
+    seed_run,
+    set_schema_version,
+    write,
+)
 
 # Token hashes are opaque strings to the store: sha256 hex in production, any text here.
 HASH_A = "a" * 64
@@ -45,7 +53,7 @@ async def seed_tasks(store: Store, count: int = 1) -> list[Task]:
 async def insert_token_then_fail(store: Store, task: Task) -> None:
     """One transaction that inserts HASH_A for `task`, then raises LookupError."""
     async with store.transaction() as tx:
-        await tx.insert_callback_tokens([(HASH_A, task.id, 1)])
+        await tx.insert_callback_tokens([CallbackToken(HASH_A, task.id, 1)])
         raise LookupError
 
 
@@ -62,7 +70,7 @@ async def test_callback_target_finds_the_task_and_attempt_of_a_known_hash(store:
     """callback_target answers the task and attempt a committed token hash was issued for."""
     [task] = await seed_tasks(store)
     async with store.transaction() as tx:
-        await tx.insert_callback_tokens([(HASH_A, task.id, 3)])
+        await tx.insert_callback_tokens([CallbackToken(HASH_A, task.id, 3)])
     assert await token_of(store, HASH_A) == (task.id, 3)
 
 
@@ -71,7 +79,7 @@ async def test_callback_target_of_an_unknown_hash_is_none(store: Store) -> None:
     [task] = await seed_tasks(store)
     assert await token_of(store, HASH_A) is None
     async with store.transaction() as tx:
-        await tx.insert_callback_tokens([(HASH_A, task.id, 1)])
+        await tx.insert_callback_tokens([CallbackToken(HASH_A, task.id, 1)])
     assert await token_of(store, HASH_B) is None
 
 
@@ -79,10 +87,12 @@ async def test_inserting_a_known_hash_again_keeps_the_first_row(store: Store) ->
     """Inserting a stored hash again, later or twice in one call, keeps the first row."""
     first, second = await seed_tasks(store, 2)
     async with store.transaction() as tx:
-        await tx.insert_callback_tokens([(HASH_A, first.id, 1)])
+        await tx.insert_callback_tokens([CallbackToken(HASH_A, first.id, 1)])
     async with store.transaction() as tx:
-        await tx.insert_callback_tokens([(HASH_A, second.id, 2)])
-        await tx.insert_callback_tokens([(HASH_B, first.id, 1), (HASH_B, second.id, 5)])
+        await tx.insert_callback_tokens([CallbackToken(HASH_A, second.id, 2)])
+        await tx.insert_callback_tokens(
+            [CallbackToken(HASH_B, first.id, 1), CallbackToken(HASH_B, second.id, 5)]
+        )
     assert await token_of(store, HASH_A) == (first.id, 1)
     assert await token_of(store, HASH_B) == (first.id, 1)
 
@@ -91,9 +101,9 @@ async def test_tokens_of_two_attempts_of_one_task_both_resolve(store: Store) -> 
     """A retried task's earlier token keeps resolving, to its own attempt, beside the new one."""
     [task] = await seed_tasks(store)
     async with store.transaction() as tx:
-        await tx.insert_callback_tokens([(HASH_A, task.id, 1)])
+        await tx.insert_callback_tokens([CallbackToken(HASH_A, task.id, 1)])
     async with store.transaction() as tx:
-        await tx.insert_callback_tokens([(HASH_B, task.id, 2)])
+        await tx.insert_callback_tokens([CallbackToken(HASH_B, task.id, 2)])
     assert await token_of(store, HASH_A) == (task.id, 1)
     assert await token_of(store, HASH_B) == (task.id, 2)
 
@@ -109,30 +119,32 @@ async def test_tokens_of_a_rolled_back_transaction_do_not_resolve(store: Store) 
 # Receipts.
 
 
-async def test_receipt_is_none_before_and_the_body_hash_after(store: Store) -> None:
-    """get_receipt answers None until insert_receipt, then the body hash, later on too."""
+async def test_receipt_is_missing_before_and_the_body_hash_after(store: Store) -> None:
+    """receipts answers nothing for a key until insert_receipts, then its body hash, later too."""
     [task] = await seed_tasks(store)
+    key = (task.id, "msg_1")
     async with store.transaction() as tx:
-        assert await tx.get_receipt(task.id, "msg_1") is None
-        await tx.insert_receipt(task.id, "msg_1", "body-hash-1", T0 + 1)
-        assert await tx.get_receipt(task.id, "msg_1") == "body-hash-1"
+        assert await tx.receipts({key}) == {}
+        await tx.insert_receipts([Receipt(task.id, "msg_1", "body-hash-1", T0 + 1)])
+        assert await tx.receipts({key}) == {key: "body-hash-1"}
     async with store.transaction() as tx:
-        assert await tx.get_receipt(task.id, "msg_1") == "body-hash-1"
+        assert await tx.receipts({key}) == {key: "body-hash-1"}
 
 
 async def test_receipts_are_kept_per_task_and_webhook_id(store: Store) -> None:
     """A receipt answers only for its own (task, webhook id): another id or task has its own."""
     first, second = await seed_tasks(store, 2)
     async with store.transaction() as tx:
-        await tx.insert_receipt(first.id, "msg_1", "first-1", T0)
-        assert await tx.get_receipt(first.id, "msg_2") is None
-        assert await tx.get_receipt(second.id, "msg_1") is None
-        await tx.insert_receipt(first.id, "msg_2", "first-2", T0)
-        await tx.insert_receipt(second.id, "msg_1", "second-1", T0)
+        await tx.insert_receipts([Receipt(first.id, "msg_1", "first-1", T0)])
+        assert await tx.receipts({(first.id, "msg_2")}) == {}
+        assert await tx.receipts({(second.id, "msg_1")}) == {}
+        await tx.insert_receipts(
+            [Receipt(first.id, "msg_2", "first-2", T0), Receipt(second.id, "msg_1", "second-1", T0)]
+        )
     async with store.transaction() as tx:
-        assert await tx.get_receipt(first.id, "msg_1") == "first-1"
-        assert await tx.get_receipt(first.id, "msg_2") == "first-2"
-        assert await tx.get_receipt(second.id, "msg_1") == "second-1"
+        assert await tx.receipts({(first.id, "msg_1")}) == {(first.id, "msg_1"): "first-1"}
+        assert await tx.receipts({(first.id, "msg_2")}) == {(first.id, "msg_2"): "first-2"}
+        assert await tx.receipts({(second.id, "msg_1")}) == {(second.id, "msg_1"): "second-1"}
 
 
 # The server key.
@@ -186,7 +198,7 @@ async def test_get_task_of_an_unknown_id_is_none(store: Store) -> None:
 
 
 async def test_get_task_sees_committed_writes_only(store: Store) -> None:
-    """Store.get_task reads a task once its insert or transition commits, not before."""
+    """Store.get_task reads a task once its insert or write commits, not before."""
     run = await seed_run(store)
     task = make_task(run)
     dispatched = replace(task, state=TaskState.DISPATCHED, started_at=T0 + 1, awaiting=True)
@@ -195,7 +207,7 @@ async def test_get_task_sees_committed_writes_only(store: Store) -> None:
         assert await store.get_task(task.id) is None
     assert await store.get_task(task.id) == task
     async with store.transaction() as tx:
-        assert await tx.transition_task(dispatched, TaskState.PENDING, 1)
+        assert await tx.write_tasks([write(dispatched, TaskState.PENDING)]) == {task.id}
         assert await store.get_task(task.id) == task
     assert await store.get_task(task.id) == dispatched
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 from orchestrator.records import Run, Task
 from orchestrator.states import RunState, TaskState
 from orchestrator.store import Store
-from tests.store.conftest import T0, make_task, seed_run
+from tests.store.conftest import T0, make_task, seed_run, write
 
 
 def dispatched(run: Run, key: str, due_at: float | None) -> Task:
@@ -66,7 +66,8 @@ async def test_deadlines_follow_task_transitions(store: Store) -> None:
     succeeded = replace(first, state=TaskState.SUCCEEDED, due_at=None, finished_at=T0 + 1)
     extended = replace(second, due_at=T0 + 40)
     async with store.transaction() as tx:
-        assert await tx.transition_task(succeeded, TaskState.DISPATCHED, 1)
-        assert await tx.transition_task(extended, TaskState.DISPATCHED, 1)
+        assert await tx.write_tasks(
+            [write(succeeded, TaskState.DISPATCHED), write(extended, TaskState.DISPATCHED)]
+        ) == {first.id, second.id}
     assert await store.deadlines_before(T0 + 100) == [extended]
     assert await store.next_deadline(T0) == T0 + 40

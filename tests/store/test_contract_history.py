@@ -195,11 +195,14 @@ async def test_unfinished_returns_open_work_of_running_runs_only(store: Store) -
     async with store.transaction() as tx:
         await tx.insert_tasks([pending, dispatched, *done])
         await tx.insert_tasks([make_task(finished, key="p"), make_task(failed, key="p")])
-        await tx.insert_barrier(waiting)
-        await tx.insert_barrier(replace(make_barrier(running, "draft"), status=BarrierStatus.OPEN))
-        await tx.insert_barrier(replace(make_barrier(running, "send"), status=BarrierStatus.FAILED))
-        await tx.insert_barrier(make_barrier(finished))
-        await tx.insert_barrier(make_barrier(failed))
+        await tx.insert_barriers(
+            [
+                waiting,
+                replace(make_barrier(running, "draft"), status=BarrierStatus.OPEN),
+                replace(make_barrier(running, "send"), status=BarrierStatus.FAILED),
+            ]
+        )
+        await tx.insert_barriers([make_barrier(finished), make_barrier(failed)])
     unfinished = await store.unfinished()
     assert {task.id: task for task in unfinished.tasks} == {
         pending.id: pending,

@@ -2,7 +2,8 @@
 
 The tests speak only the Store and StoreTx protocols, never SQL, so every backend runs them
 unchanged through the `store` fixture; the few that must look inside a SQLite file ask for
-`sqlite_file`, which skips on other backends.
+`sqlite_file`, which skips on other backends. A MemoryStore is its own database, so on it
+"a second store" and "the store reopened" are the same object (StoreFactory).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.barrier import BarrierStatus
 from orchestrator.records import Event, HistoryEntry, Run
 from orchestrator.states import RunState
-from orchestrator.store import Store, StoreUnavailable
-from orchestrator.store.sqlite import MIGRATIONS
+from orchestrator.store import BarrierWrite, Store, StoreUnavailable
+from orchestrator.store.sqlite_schema import MIGRATIONS
 from tests.store.conftest import (
     T0,
     StoreFactory,
@@ -60,7 +60,7 @@ async def test_open_migrates_a_fresh_database(store: Store) -> None:
     """A freshly opened store holds every kind of record at once."""
     run = await seed_run(store)
     async with store.transaction() as tx:
-        await tx.insert_barrier(make_barrier(run))
+        await tx.insert_barriers([make_barrier(run)])
         await tx.insert_tasks([make_task(run)])
         await tx.append_history([HistoryEntry("run_started", T0, run.id)])
     assert await store.get_run(run.id) == run
@@ -157,7 +157,7 @@ async def write_everything_then_fail(store: Store, run: Run, event: Event, new_r
     async with store.transaction() as tx:
         await tx.insert_event(event)
         await tx.insert_run(new_run)
-        await tx.insert_barrier(make_barrier(new_run))
+        await tx.insert_barriers([make_barrier(new_run)])
         await tx.insert_tasks([make_task(new_run)])
         await tx.append_history([HistoryEntry("run_started", T0, new_run.id)])
         assert await tx.set_run_status(run.id, RunState.RUNNING, RunState.CANCELLED, T0 + 1)
@@ -195,14 +195,14 @@ async def test_concurrent_transactions_serialize_and_all_commit(store: Store) ->
     """Concurrent read-modify-write transactions on one barrier lose no update."""
     run = await seed_run(store)
     async with store.transaction() as tx:
-        await tx.insert_barrier(replace(make_barrier(run), expected=10, required=10))
+        await tx.insert_barriers([replace(make_barrier(run), expected=10, required=10)])
+    key = (run.id, "research")
 
     async def arrive(n: int) -> None:
         async with store.transaction() as tx:
-            barrier = await tx.get_barrier(run.id, "research")
-            assert barrier is not None
+            barrier = (await tx.barriers({key}))[key]
             counted = replace(barrier, succeeded=barrier.succeeded + 1)
-            assert await tx.save_barrier(counted, BarrierStatus.WAITING)
+            assert await tx.write_barriers([BarrierWrite(counted, barrier)]) == {key}
             await tx.append_history([HistoryEntry("arrived", T0 + n, run.id, data={"n": n})])
 
     await asyncio.gather(*(arrive(n) for n in range(10)))

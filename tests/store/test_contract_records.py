@@ -16,8 +16,16 @@ from orchestrator.ids import new_id
 from orchestrator.model import JoinPolicy
 from orchestrator.records import Task
 from orchestrator.states import RunState, TaskState
-from orchestrator.store import Store
-from tests.store.conftest import T0, make_barrier, make_event, make_run, make_task, seed_run
+from orchestrator.store import BarrierWrite, Store
+from tests.store.conftest import (
+    T0,
+    make_barrier,
+    make_event,
+    make_run,
+    make_task,
+    seed_run,
+    write,
+)
 
 # Events.
 
@@ -82,7 +90,7 @@ async def test_run_round_trips(store: Store) -> None:
     async with store.transaction() as tx:
         await tx.insert_event(event)
         await tx.insert_run(run)
-        assert await tx.get_run(run.id) == run
+        assert await tx.runs({run.id}) == {run.id: run}
     assert await store.get_run(run.id) == run
     assert await store.get_run(new_id("run")) is None
 
@@ -127,36 +135,35 @@ async def test_barrier_round_trips_with_its_policy(store: Store, policy: JoinPol
     run = await seed_run(store)
     barrier = replace(make_barrier(run, policy=policy), deadline_at=T0 + 60)
     async with store.transaction() as tx:
-        await tx.insert_barrier(barrier)
-        assert await tx.get_barrier(run.id, "research") == barrier
+        await tx.insert_barriers([barrier])
+        assert await tx.barriers({(run.id, "research")}) == {(run.id, "research"): barrier}
     assert await store.barriers_of_run(run.id) == [barrier]
 
 
 async def test_barriers_of_run_returns_only_that_runs_barriers(store: Store) -> None:
-    """barriers_of_run returns every barrier of the run and none of another run's."""
+    """barriers_of_runs and barriers_of_run return every barrier of the run, none of another's."""
     run, other = await seed_run(store), await seed_run(store, now=T0 + 1)
     research, draft = make_barrier(run, "research"), make_barrier(run, "draft")
     async with store.transaction() as tx:
-        await tx.insert_barrier(research)
-        await tx.insert_barrier(draft)
-        await tx.insert_barrier(make_barrier(other, "research"))
-        assert {b.step: b for b in await tx.barriers_of_run(run.id)} == {
+        await tx.insert_barriers([research])
+        await tx.insert_barriers([draft, make_barrier(other, "research")])
+        assert {b.step: b for b in await tx.barriers_of_runs([run.id])} == {
             "research": research,
             "draft": draft,
         }
-        assert await tx.get_barrier(run.id, "missing") is None
+        assert await tx.barriers({(run.id, "missing")}) == {}
     assert {b.step: b for b in await store.barriers_of_run(run.id)} == {
         "research": research,
         "draft": draft,
     }
 
 
-async def test_save_barrier_writes_when_status_is_expected(store: Store) -> None:
-    """save_barrier from the stored status writes counts, status, times and reason."""
+async def test_write_barriers_writes_when_status_and_counts_are_expected(store: Store) -> None:
+    """write_barriers from the stored status and counts writes counts, status, times and reason."""
     run = await seed_run(store)
     barrier = make_barrier(run)
     async with store.transaction() as tx:
-        await tx.insert_barrier(barrier)
+        await tx.insert_barriers([barrier])
     opened = replace(
         barrier,
         expected=5,
@@ -169,21 +176,22 @@ async def test_save_barrier_writes_when_status_is_expected(store: Store) -> None
         reason="quorum reached",
     )
     async with store.transaction() as tx:
-        assert await tx.save_barrier(opened, BarrierStatus.WAITING)
+        assert await tx.write_barriers([BarrierWrite(opened, barrier)]) == {(run.id, "research")}
     assert await store.barriers_of_run(run.id) == [opened]
 
 
-async def test_save_barrier_with_stale_status_changes_nothing(store: Store) -> None:
-    """save_barrier answers False and writes nothing once the barrier left `expected`."""
+async def test_write_barriers_with_stale_status_changes_nothing(store: Store) -> None:
+    """write_barriers applies nothing and writes nothing once the barrier left `expected`."""
     run = await seed_run(store)
     barrier = make_barrier(run)
     opened = replace(barrier, succeeded=4, status=BarrierStatus.OPEN, decided_at=T0 + 1)
     async with store.transaction() as tx:
-        await tx.insert_barrier(barrier)
-        assert await tx.save_barrier(opened, BarrierStatus.WAITING)
+        await tx.insert_barriers([barrier])
+        assert await tx.write_barriers([BarrierWrite(opened, barrier)]) == {(run.id, "research")}
         failed = replace(barrier, failed=1, status=BarrierStatus.FAILED, reason="late")
-        assert not await tx.save_barrier(failed, BarrierStatus.WAITING)
-        assert not await tx.save_barrier(replace(barrier, step="missing"), BarrierStatus.WAITING)
+        assert await tx.write_barriers([BarrierWrite(failed, barrier)]) == set()
+        missing = replace(barrier, step="missing")
+        assert await tx.write_barriers([BarrierWrite(missing, missing)]) == set()
     assert await store.barriers_of_run(run.id) == [opened]
 
 
@@ -196,26 +204,28 @@ async def test_insert_tasks_stores_many_at_once(store: Store) -> None:
     tasks = [make_task(run, key=f"lead-{i}") for i in range(50)]
     async with store.transaction() as tx:
         await tx.insert_tasks(tasks)
-        assert await tx.get_task(tasks[7].id) == tasks[7]
-        assert await tx.get_task(new_id("tsk")) is None
+        assert await tx.tasks({tasks[7].id}) == {tasks[7].id: tasks[7]}
+        assert await tx.tasks({new_id("tsk")}) == {}
     assert {task.id: task for task in await store.tasks_of_run(run.id)} == {
         task.id: task for task in tasks
     }
 
 
-async def test_tasks_of_run_filters_by_run_and_step(store: Store) -> None:
-    """tasks_of_run returns the run's tasks, or one step's, and never another run's."""
+async def test_tasks_of_steps_filters_by_run_and_step(store: Store) -> None:
+    """tasks_of_steps returns the tasks of the steps asked for, never another run's; Store's
+    tasks_of_run returns every task of the run."""
     run, other = await seed_run(store), await seed_run(store, now=T0 + 1)
     research = [make_task(run, "research", key) for key in "abc"]
     draft = [make_task(run, "draft", key) for key in "ab"]
     async with store.transaction() as tx:
         await tx.insert_tasks([*research, *draft, make_task(other, "research", "a")])
         every = {task.id for task in [*research, *draft]}
-        assert {task.id for task in await tx.tasks_of_run(run.id)} == every
-        assert {task.id for task in await tx.tasks_of_run(run.id, "draft")} == {
+        both = [(run.id, "research"), (run.id, "draft")]
+        assert {task.id for task in await tx.tasks_of_steps(both)} == every
+        assert {task.id for task in await tx.tasks_of_steps([(run.id, "draft")])} == {
             task.id for task in draft
         }
-        assert await tx.tasks_of_run(run.id, "missing") == []
+        assert await tx.tasks_of_steps([(run.id, "missing")]) == []
     assert {task.id for task in await store.tasks_of_run(run.id)} == every
 
 
@@ -234,6 +244,7 @@ async def test_task_fields_round_trip(store: Store) -> None:
         awaiting=True,
         dispatch_tries=2,
         wait_window=45.0,
+        queued_at=T0 + 0.5,
     )
     # A field added to Task must be added here too, so that the store is seen to keep it.
     defaults = {f.name: f.default for f in fields(Task) if f.default is not MISSING}
@@ -268,53 +279,66 @@ async def test_task_item_round_trips(store: Store, item: Any) -> None:
 
 @pytest.mark.parametrize("output", JSON_VALUES, ids=JSON_IDS)
 async def test_task_output_round_trips(store: Store, output: Any) -> None:
-    """A task's output written by transition_task, any JSON value, reads back equal."""
+    """A task's output written by write_tasks, any JSON value, reads back equal."""
     run = await seed_run(store)
     task = replace(make_task(run), state=TaskState.DISPATCHED)
     done = replace(task, state=TaskState.SUCCEEDED, finished_at=T0 + 1, output=output)
     async with store.transaction() as tx:
         await tx.insert_tasks([task])
-        assert await tx.transition_task(done, TaskState.DISPATCHED, 1)
+        assert await tx.write_tasks([write(done, TaskState.DISPATCHED)]) == {task.id}
     async with store.transaction() as tx:
-        stored = await tx.get_task(task.id)
+        stored = (await tx.tasks({task.id}))[task.id]
     assert stored == done
     assert type(stored.output) is type(output)
 
 
-async def test_transition_task_applies_from_expected_state_and_attempt(store: Store) -> None:
-    """transition_task writes the task when state and attempt both match the stored ones."""
+async def test_write_tasks_applies_from_expected_state_and_attempt(store: Store) -> None:
+    """write_tasks writes the task when state and attempt both match the stored ones."""
     run = await seed_run(store)
     task = make_task(run)
     dispatched = replace(task, state=TaskState.DISPATCHED, started_at=T0 + 1, due_at=T0 + 61)
     async with store.transaction() as tx:
         await tx.insert_tasks([task])
-        assert await tx.transition_task(dispatched, TaskState.PENDING, 1)
-        assert await tx.get_task(task.id) == dispatched
+        assert await tx.write_tasks([write(dispatched, TaskState.PENDING)]) == {task.id}
+        assert await tx.tasks({task.id}) == {task.id: dispatched}
     assert await store.tasks_of_run(run.id) == [dispatched]
 
 
-async def test_transition_task_from_wrong_state_changes_nothing(store: Store) -> None:
-    """A second report for a finished task answers False and leaves the first result."""
+async def test_write_tasks_from_wrong_state_changes_nothing(store: Store) -> None:
+    """A second report for a finished task does not apply and leaves the first result."""
     run = await seed_run(store)
     task = replace(make_task(run), state=TaskState.DISPATCHED)
     succeeded = replace(task, state=TaskState.SUCCEEDED, output={"n": 1}, finished_at=T0 + 1)
     failed = replace(task, state=TaskState.FAILED, error="boom", finished_at=T0 + 2)
     async with store.transaction() as tx:
         await tx.insert_tasks([task])
-        assert await tx.transition_task(succeeded, TaskState.DISPATCHED, 1)
-        assert not await tx.transition_task(failed, TaskState.DISPATCHED, 1)
-        assert not await tx.transition_task(
-            replace(failed, id=new_id("tsk")), TaskState.DISPATCHED, 1
-        )
+        assert await tx.write_tasks([write(succeeded, TaskState.DISPATCHED)]) == {task.id}
+        assert await tx.write_tasks([write(failed, TaskState.DISPATCHED)]) == set()
+        unknown = replace(failed, id=new_id("tsk"))
+        assert await tx.write_tasks([write(unknown, TaskState.DISPATCHED)]) == set()
     assert await store.tasks_of_run(run.id) == [succeeded]
 
 
-async def test_transition_task_with_stale_attempt_changes_nothing(store: Store) -> None:
-    """A late report for attempt 1 of a task now dispatched at attempt 2 answers False."""
+async def test_write_tasks_with_stale_attempt_changes_nothing(store: Store) -> None:
+    """A late report for attempt 1 of a task now dispatched at attempt 2 does not apply."""
     run = await seed_run(store)
     retried = replace(make_task(run), state=TaskState.DISPATCHED, attempt=2, started_at=T0 + 9)
     late = replace(retried, state=TaskState.SUCCEEDED, attempt=1, output={"stale": True})
     async with store.transaction() as tx:
         await tx.insert_tasks([retried])
-        assert not await tx.transition_task(late, TaskState.DISPATCHED, 1)
+        assert await tx.write_tasks([write(late, TaskState.DISPATCHED, attempt=1)]) == set()
     assert await store.tasks_of_run(run.id) == [retried]
+
+
+async def test_write_tasks_changes_the_state_never_the_item_or_identity(store: Store) -> None:
+    """A write changes what a move may change; the task's item, run, step and item key stay
+    as they were inserted."""
+    run, other = await seed_run(store), await seed_run(store, now=T0 + 1)
+    task = make_task(run)
+    done = replace(task, state=TaskState.SUCCEEDED, output={"ok": True}, finished_at=T0 + 3)
+    moved = replace(done, run_id=other.id, step="draft", item_key="z", item={"other": 1})
+    async with store.transaction() as tx:
+        await tx.insert_tasks([task])
+        assert await tx.write_tasks([write(moved, TaskState.PENDING)]) == {task.id}
+        assert await tx.tasks({task.id}) == {task.id: done}
+    assert await store.tasks_of_run(run.id) == [done]

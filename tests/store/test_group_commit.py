@@ -18,7 +18,7 @@ import pytest
 from orchestrator.records import Task
 from orchestrator.store import SqliteStore, StoreUnavailable
 from orchestrator.store.group_commit import GroupCommit
-from orchestrator.store.sqlite import SqliteTx
+from orchestrator.store.sqlite_tx import SqliteTx
 
 Body = Callable[[SqliteTx], Awaitable[None]]
 
@@ -146,7 +146,8 @@ async def test_a_failed_commit_fails_every_member(sqlite_store: SqliteStore) -> 
 
     async def poison(tx: SqliteTx) -> None:
         # A deferred foreign key is only checked at COMMIT, which then fails for the group.
-        await tx.changed_rows("PRAGMA defer_foreign_keys = ON", ())
+        # No StoreTx operation defers them: the test reaches for the transaction's connection.
+        tx._conn.execute("PRAGMA defer_foreign_keys = ON")
         await tx.insert_tasks([Task("tsk_orphan", "run_missing", "step", "0", None)])
 
     _, groups_before = sqlite_store.commit_stats

@@ -20,7 +20,6 @@ from orchestrator.invoke import (
     retry_after_seconds,
 )
 from orchestrator.model import ServiceSpec
-from orchestrator.outgoing import http_client
 
 URL = "http://crm.test/jobs"
 SERVICE_URL = "http://research.test/v1/jobs"
@@ -38,8 +37,9 @@ def router() -> Iterator[respx.MockRouter]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    """The orchestrator's own outgoing client (it follows no redirect)."""
-    async with http_client() as client:
+    """An httpx client as handlers see one (`ctx.http`); respx answers it. The transport
+    under the orchestrator's own client is tested against real servers in test_outgoing.py."""
+    async with httpx.AsyncClient() as client:
         yield client
 
 

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from orchestrator.outgoing import ConnectionShards, http_client
+from orchestrator.outgoing import http_client
 from orchestrator.serve import listening_socket
 
 
@@ -36,6 +34,9 @@ class Origin:
         self.ports.append(request.client.port)
         return PlainTextResponse(str(request.client.port))
 
+    async def moved(self, request: Request) -> Response:
+        return RedirectResponse("/port", status_code=307)
+
     async def block(self, request: Request) -> Response:
         async with self._changed:
             self.inside += 1
@@ -54,7 +55,13 @@ class Origin:
 @asynccontextmanager
 async def serving() -> AsyncIterator[Origin]:
     origin = Origin()
-    app = Starlette(routes=[Route("/port", origin.port), Route("/block", origin.block)])
+    app = Starlette(
+        routes=[
+            Route("/port", origin.port),
+            Route("/block", origin.block),
+            Route("/moved", origin.moved),
+        ]
+    )
     sock = listening_socket("127.0.0.1", 0)
     config = uvicorn.Config(app, log_level="critical", lifespan="off", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
@@ -79,27 +86,6 @@ async def origin() -> AsyncIterator[Origin]:
 async def other_origin() -> AsyncIterator[Origin]:
     async with serving() as origin:
         yield origin
-
-
-class TrackedTransport(httpx.AsyncHTTPTransport):
-    """A one-connection pool as ConnectionShards makes them, remembering whether it was closed."""
-
-    def __init__(self, made: list[TrackedTransport], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.closed = False
-        made.append(self)
-
-    async def aclose(self) -> None:
-        self.closed = True
-        await super().aclose()
-
-
-@pytest.fixture
-def made(monkeypatch: pytest.MonkeyPatch) -> list[TrackedTransport]:
-    """Every connection pool made during the test, in the order they were made."""
-    made: list[TrackedTransport] = []
-    monkeypatch.setattr(httpx, "AsyncHTTPTransport", functools.partial(TrackedTransport, made))
-    return made
 
 
 async def test_requests_beyond_the_limit_wait_for_a_free_connection(origin: Origin) -> None:
@@ -138,21 +124,55 @@ async def test_each_origin_keeps_its_own_connection(origin: Origin, other_origin
     assert set(origin.ports).isdisjoint(other_origin.ports)
 
 
-async def test_close_closes_idle_connections_and_those_given_back_later(
-    origin: Origin, made: list[TrackedTransport]
-) -> None:
-    """aclose() closes the idle connections at once, and a busy one when its request ends."""
-    shards = ConnectionShards(limit=4)
-    async with httpx.AsyncClient(transport=shards) as client:
-        in_flight = asyncio.ensure_future(client.get(f"{origin.url}/block"))
-        await origin.inside_at_least(1)
-        (await client.get(f"{origin.url}/port")).raise_for_status()
-        busy, idle = made
-        assert (busy.closed, idle.closed) == (False, False)
-        await shards.aclose()
-        assert (busy.closed, idle.closed) == (False, True)
-        origin.release.set()
-        async with asyncio.timeout(2):
-            assert (await in_flight).text == "released"
-        assert busy.closed
-    assert len(made) == 2
+async def test_a_redirect_is_answered_not_followed(origin: Origin) -> None:
+    """A 3xx comes back as it is: the client never follows a service elsewhere."""
+    async with http_client() as client:
+        response = await client.get(f"{origin.url}/moved")
+    assert (response.status_code, response.headers["location"]) == (307, "/port")
+    assert origin.ports == []
+
+
+async def test_a_refused_connection_is_a_transport_error() -> None:
+    """Nobody listening: httpx.TransportError (which ctx.dispatch turns into a re-dispatch)."""
+    sock = listening_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    async with http_client() as client:
+        with pytest.raises(httpx.TransportError):
+            await client.get(f"http://127.0.0.1:{port}/port")
+
+
+async def test_a_read_timeout_is_a_transport_error(origin: Origin) -> None:
+    """A service that accepts and never answers times out as an httpx.TransportError."""
+    async with http_client() as client:
+        with pytest.raises(httpx.TransportError):
+            await client.get(f"{origin.url}/block", timeout=httpx.Timeout(0.2))
+
+
+async def test_a_connection_cut_mid_answer_is_a_transport_error() -> None:
+    """A server that closes the connection before answering: httpx.TransportError."""
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(cut, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with http_client() as client:
+            with pytest.raises(httpx.TransportError):
+                await client.get(f"http://127.0.0.1:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_closed_client_refuses_requests(origin: Origin) -> None:
+    """After aclose() the client makes no more requests (its pool is gone)."""
+    client = http_client()
+    (await client.get(f"{origin.url}/port")).raise_for_status()
+    await client.aclose()
+    with pytest.raises(RuntimeError):
+        await client.get(f"{origin.url}/port")

@@ -1,0 +1,110 @@
+"""One transaction, then its outbox acted on: the only way the engine changes anything.
+
+`Applier.transact(work)` runs `work` on an `Advance` inside one store transaction, appends
+the history it noted, commits, and only then acts on the outbox, in one fixed order:
+publish history, settle step deadlines, stop interrupted handlers, drop the deadlines and
+free the slots of tasks no longer in flight, arm task deadlines, start the handlers dispatched, offer ready
+tasks to the dispatcher. A transaction that raises leaves nothing to undo.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+import structlog
+
+from orchestrator.advance import Advance
+from orchestrator.barrier import Barrier
+from orchestrator.bus import HistoryBus
+from orchestrator.outbox import Launch, Outbox, Ready, StepKey
+from orchestrator.records import HistoryEntry, Task
+from orchestrator.specs import SpecCache
+from orchestrator.store import Store
+from orchestrator.timers import Clock
+
+log = structlog.get_logger("orchestrator.engine")
+
+T = TypeVar("T")
+
+RUN_ENDS = ("run_succeeded", "run_failed", "run_cancelled")
+
+
+class DeadlineKeeper(Protocol):
+    def arm_tasks(self, tasks: list[Task]) -> None: ...
+
+    def forget(self, task_ids: list[str]) -> None: ...
+
+    def arm_steps(self, barriers: list[Barrier]) -> None: ...
+
+    def clear_steps(self, keys: list[StepKey]) -> None: ...
+
+
+class HandlerRunner(Protocol):
+    def launch(self, launches: list[Launch]) -> None: ...
+
+    def interrupt(self, task_ids: list[str]) -> None: ...
+
+
+class ReadyQueue(Protocol):
+    def offer(self, ready: list[Ready]) -> None: ...
+
+    def release(self, task_ids: list[str]) -> None: ...
+
+
+class Applier:
+    def __init__(
+        self,
+        store: Store,
+        specs: SpecCache,
+        bus: HistoryBus,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self.store = store
+        self.specs = specs
+        self.bus = bus
+        self.clock = clock
+        self.rng = rng
+        self.deadlines: DeadlineKeeper | None = None
+        self.launcher: HandlerRunner | None = None
+        self.dispatcher: ReadyQueue | None = None
+
+    def connect(
+        self, deadlines: DeadlineKeeper, launcher: HandlerRunner, dispatcher: ReadyQueue
+    ) -> None:
+        """The parts that act on outboxes (built after the applier: they use it too)."""
+        self.deadlines, self.launcher, self.dispatcher = deadlines, launcher, dispatcher
+
+    async def transact(
+        self, work: Callable[[Advance], Awaitable[T]], now: float | None = None
+    ) -> T:
+        """`work` in one transaction; its outbox is applied once it has committed.
+
+        `now` is the time the work happens at (default: when the transaction starts).
+        """
+        async with self.store.transaction() as tx:
+            advance = Advance(tx, self.clock() if now is None else now, self.rng, self.specs)
+            result = await work(advance)
+            entries = await tx.append_history(advance.outbox.history)
+        self.apply(advance.outbox, entries)
+        return result
+
+    def apply(self, outbox: Outbox, entries: list[HistoryEntry]) -> None:
+        """Act on a committed transaction's outbox (the order matters: see the module doc)."""
+        deadlines, launcher, dispatcher = self.deadlines, self.launcher, self.dispatcher
+        if deadlines is None or launcher is None or dispatcher is None:
+            raise RuntimeError("the applier is not connected to the engine's parts")
+        self.bus.publish(entries)
+        deadlines.clear_steps(outbox.cleared_step_deadlines)
+        deadlines.arm_steps(outbox.step_deadlines)
+        launcher.interrupt(outbox.interrupted)
+        deadlines.forget(outbox.released)
+        dispatcher.release(outbox.released)
+        deadlines.arm_tasks(outbox.task_deadlines)
+        launcher.launch(outbox.launch)
+        dispatcher.offer(outbox.ready)
+        for entry in entries:
+            if entry.type in RUN_ENDS:
+                log.info(entry.type, run_id=entry.run_id, reason=entry.data.get("reason"))

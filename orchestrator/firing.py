@@ -1,0 +1,121 @@
+"""Firing: a trigger (or a workflow by hand) becomes a persisted event and a started run.
+
+One transaction holds the event (deduplicated on its trigger and dedup key), the run, its
+history and the barriers and tasks of its root steps; the dispatcher starts those after
+the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from orchestrator.advance import Advance
+from orchestrator.applier import Applier
+from orchestrator.ids import new_id
+from orchestrator.model import TriggerSpec, WorkflowSpec
+from orchestrator.records import Event
+from orchestrator.store import Store
+
+log = structlog.get_logger("orchestrator.engine")
+
+
+class RunStateError(ValueError):
+    """An operator action that the run's state does not allow (answered 409)."""
+
+
+class UnknownTarget(LookupError):
+    """A fire for a name that is neither a trigger nor a workflow."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    event_id: str
+    run_id: str | None
+    duplicate: bool
+
+
+class Firing:
+    def __init__(
+        self,
+        applier: Applier,
+        store: Store,
+        workflows: Mapping[str, WorkflowSpec],
+        triggers: Mapping[str, TriggerSpec],
+    ) -> None:
+        self._applier = applier
+        self._store = store
+        self.workflows = workflows
+        self.triggers = triggers
+
+    def resolve(self, name: str) -> tuple[str, str, dict[str, Any]]:
+        """(trigger, workflow, default payload) for a trigger name, or a workflow fired by hand."""
+        trigger = self.triggers.get(name)
+        if trigger is not None:
+            return name, trigger.workflow, dict(trigger.payload)
+        if name in self.workflows:
+            return f"manual:{name}", name, {}
+        known = ", ".join(sorted({*self.triggers, *self.workflows})) or "none configured"
+        raise UnknownTarget(f"no trigger or workflow named {name!r} (known: {known})")
+
+    async def fire(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        dedup_key: str | None = None,
+        source: str = "manual",
+    ) -> Fired:
+        """Persist an event and start its run; a repeated dedup key returns the first event."""
+        trigger, workflow, defaults = self.resolve(name)
+        spec = self.workflows[workflow]
+
+        async def work(advance: Advance) -> Fired:
+            merged = {**defaults, **(payload or {})}
+            event = Event(
+                new_id("evt", advance.now), trigger, workflow, advance.now, merged, dedup_key
+            )
+            stored, created = await advance.tx.insert_event(event)
+            if not created:
+                return Fired(stored.id, None, duplicate=True)
+            run_id = new_id("run", advance.now)
+            advance.outbox.note(
+                "event_received", advance.now, run_id, trigger=trigger, source=source,
+                event_id=event.id,
+            )  # fmt: skip
+            await advance.create_run(run_id, event, workflow, spec)
+            return Fired(event.id, run_id, duplicate=False)
+
+        fired = await self._applier.transact(work)
+        if not fired.duplicate:
+            log.info("run_started", run_id=fired.run_id, workflow=workflow, trigger=trigger)
+        return fired
+
+    async def replay(self, event_id: str, force: bool = False) -> Fired:
+        """Start a new run from a stored event; refused while a run of it is active."""
+        event = await self._store.get_event(event_id)
+        if event is None:
+            raise LookupError(f"no event {event_id!r}")
+        active = [
+            run.id for run in await self._store.runs_of_event(event_id) if not run.status.finished
+        ]
+        if active and not force:
+            raise RunStateError(
+                f"run {active[0]} of this event is still running (pass force to replay anyway)"
+            )
+        spec = self.workflows.get(event.workflow)
+        if spec is None:
+            raise LookupError(f"workflow {event.workflow!r} of this event is no longer configured")
+
+        async def work(advance: Advance) -> Fired:
+            run_id = new_id("run", advance.now)
+            advance.outbox.note(
+                "event_replayed", advance.now, run_id, event_id=event.id, forced=force
+            )
+            await advance.create_run(run_id, event, event.workflow, spec)
+            return Fired(event.id, run_id, duplicate=False)
+
+        return await self._applier.transact(work)

@@ -1,0 +1,131 @@
+"""Records to and from database rows: shared by every SQL backend.
+
+A row is anything that answers `row["column"]` (sqlite3.Row, asyncpg.Record). JSON columns
+hold compact JSON text; a run's spec is parsed afresh for every row, so no two records
+share a mutable dict.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Protocol
+
+from orchestrator.barrier import Barrier, BarrierStatus
+from orchestrator.model import JoinPolicy
+from orchestrator.records import Event, HistoryEntry, Run, Task
+from orchestrator.states import RunState, TaskState
+
+
+class Row(Protocol):
+    """A database row: sqlite3.Row, asyncpg.Record."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text for a JSON column."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def dumps_or_none(value: Any) -> str | None:
+    return None if value is None else dumps(value)
+
+
+def loads_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def event_from_row(row: Row) -> Event:
+    return Event(
+        id=row["id"],
+        trigger=row["trigger"],
+        workflow=row["workflow"],
+        received_at=row["received_at"],
+        payload=json.loads(row["payload"]),
+        dedup_key=row["dedup_key"],
+    )
+
+
+def run_from_row(row: Row) -> Run:
+    return Run(
+        id=row["id"],
+        workflow=row["workflow"],
+        event_id=row["event_id"],
+        status=RunState(row["status"]),
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        spec=json.loads(row["spec"]),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def policy_from_json(text: str) -> JoinPolicy:
+    """A join policy, parsed once per distinct text (policies are frozen models)."""
+    return JoinPolicy.model_validate_json(text)
+
+
+def barrier_from_row(row: Row) -> Barrier:
+    return Barrier(
+        run_id=row["run_id"],
+        step=row["step"],
+        expected=row["expected"],
+        required=row["required"],
+        succeeded=row["succeeded"],
+        failed=row["failed"],
+        status=BarrierStatus(row["status"]),
+        policy=policy_from_json(row["policy"]),
+        deadline_at=row["deadline_at"],
+        decided_at=row["decided_at"],
+        reason=row["reason"],
+    )
+
+
+def task_from_row(row: Row) -> Task:
+    return Task(
+        id=row["id"],
+        run_id=row["run_id"],
+        step=row["step"],
+        item_key=row["item_key"],
+        item=json.loads(row["item"]),
+        state=TaskState(row["state"]),
+        attempt=row["attempt"],
+        due_at=row["due_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        output=loads_or_none(row["output"]),
+        error=row["error"],
+        awaiting=bool(row["awaiting"]),
+        dispatch_tries=row["dispatch_tries"],
+        wait_window=row["wait_window"],
+        queued_at=row["queued_at"],
+    )
+
+
+def history_from_row(row: Row) -> HistoryEntry:
+    return HistoryEntry(
+        id=row["id"],
+        at=row["at"],
+        type=row["type"],
+        run_id=row["run_id"],
+        task_id=row["task_id"],
+        step=row["step"],
+        data=json.loads(row["data"]),
+    )
+
+
+def task_state_params(task: Task) -> tuple[Any, ...]:
+    """The columns a task write sets, in the order of the backends' UPDATE statements."""
+    return (
+        task.state.value,
+        task.attempt,
+        task.due_at,
+        task.started_at,
+        task.finished_at,
+        dumps_or_none(task.output),
+        task.error,
+        task.awaiting,
+        task.dispatch_tries,
+        task.wait_window,
+        task.queued_at,
+    )

@@ -1,0 +1,114 @@
+"""The SQLite schema as forward migrations: each script moves the schema one version on.
+
+`SqliteStore.open()` applies the scripts past the stored version in one transaction and
+refuses a database newer than the code.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the initial schema.
+    """
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        trigger TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        payload TEXT NOT NULL,
+        dedup_key TEXT,
+        UNIQUE (trigger, dedup_key)
+    );
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        workflow TEXT NOT NULL,
+        event_id TEXT NOT NULL REFERENCES events (id),
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        spec TEXT NOT NULL
+    );
+    CREATE INDEX runs_by_workflow ON runs (workflow, id);
+    CREATE INDEX runs_by_status ON runs (status, id);
+    CREATE INDEX runs_by_event ON runs (event_id);
+    CREATE TABLE barriers (
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        step TEXT NOT NULL,
+        expected INTEGER NOT NULL,
+        required INTEGER NOT NULL,
+        succeeded INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        deadline_at REAL,
+        decided_at REAL,
+        reason TEXT,
+        PRIMARY KEY (run_id, step)
+    );
+    CREATE INDEX barriers_waiting ON barriers (status) WHERE status = 'waiting';
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs (id),
+        step TEXT NOT NULL,
+        item_key TEXT NOT NULL,
+        item TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        due_at REAL,
+        started_at REAL,
+        finished_at REAL,
+        output TEXT,
+        error TEXT,
+        UNIQUE (run_id, step, item_key)
+    );
+    CREATE INDEX tasks_unfinished ON tasks (state) WHERE state IN ('pending', 'dispatched');
+    CREATE TABLE history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        type TEXT NOT NULL,
+        run_id TEXT,
+        task_id TEXT,
+        step TEXT,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX history_by_run ON history (run_id, id);
+    CREATE INDEX history_by_type ON history (type, id);
+    CREATE INDEX history_by_task ON history (task_id, id);
+    """,
+    # 2: completion callbacks - tokens per attempt, receipts per webhook-id, a server key.
+    """
+    ALTER TABLE tasks ADD COLUMN awaiting INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN dispatch_tries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN wait_window REAL;
+    CREATE TABLE callback_tokens (
+        token_hash TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL REFERENCES tasks (id),
+        attempt INTEGER NOT NULL
+    );
+    CREATE TABLE callback_receipts (
+        task_id TEXT NOT NULL REFERENCES tasks (id),
+        webhook_id TEXT NOT NULL,
+        body_hash TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (task_id, webhook_id)
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # 3: deadlines far ahead stay in the store; the dispatcher reads them a window at a time.
+    """
+    CREATE INDEX tasks_deadlines ON tasks (due_at) WHERE state = 'dispatched';
+    """,
+    # 4: retention sweeps start from what expired, never scanning history or tasks.
+    """
+    CREATE INDEX runs_finished ON runs (finished_at) WHERE status != 'running';
+    CREATE INDEX events_by_time ON events (received_at);
+    """,
+    # 5: a task's wait (queued -> started) is kept apart from its run (started -> finished).
+    """
+    ALTER TABLE tasks ADD COLUMN queued_at REAL;
+    """,
+]
+
+
+def statements(script: str) -> list[str]:
+    """The statements of a migration script, in order."""
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
