@@ -148,6 +148,8 @@ class SqliteTx:
         what its write would write cannot tell whether that write applied (a duplicate
         report must not count twice), so the batch is undone and run a row at a time.
         """
+        if len(rows) == 1:
+            return [self._conn.execute(sql, rows[0]).rowcount == 1]
         self._conn.execute("SAVEPOINT batch")
         if self._many(sql, rows) == len(rows):
             self._conn.execute("RELEASE batch")
