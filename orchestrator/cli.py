@@ -25,6 +25,7 @@ from orchestrator.admin import timing_from_json, trigger_preview
 from orchestrator.app import create_app
 from orchestrator.client import AdminClient, AdminError
 from orchestrator.engine import Engine
+from orchestrator.model import WorkflowSpec
 from orchestrator.progress import Progress
 from orchestrator.records import HistoryEntry
 from orchestrator.serve import MainServer, listening_socket, sidecar, uvicorn_config
@@ -110,7 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a config: syntax, fields, the needs graph (no cycle, no unknown "
         "step) and that every handler imports. Exits 2 and names each problem if any.",
     )
-    check.add_argument("config", nargs="?", metavar="CONFIG", help="config file to check")
+    check.add_argument(
+        "config",
+        nargs="?",
+        metavar="CONFIG",
+        help="config file to check (default: $ORCHESTRATOR_CONFIG or config/orchestrator.toml)",
+    )
+    check.add_argument(
+        "--config", dest="config_option", metavar="FILE", help="the same, as an option"
+    )
 
     triggers = commands.add_parser(
         "triggers",
@@ -218,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":
-            return check_command(args.config)
+            return check_command(_check_target(args.config, args.config_option))
         if args.command == "serve":
             return serve_command(args)
         if args.command == "sign":
@@ -240,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _check_target(positional: str | None, option: str | None) -> str | None:
+    if positional is not None and option is not None and positional != option:
+        raise ConfigError([f"check: two config files given ({positional}, {option}); give one"])
+    return positional or option
+
+
 def check_command(path: str | None) -> int:
     source = config_path(path)
     settings = load_settings(source)
@@ -250,9 +265,27 @@ def check_command(path: str | None) -> int:
         f"{len(settings.triggers)} trigger(s)"
     )
     for name, workflow in settings.workflows.items():
-        order = " → ".join(workflow.steps)
-        print(f"  {name}: {order}")
+        lines = stage_lines(workflow)
+        print(
+            f"  {name}: {len(workflow.steps)} step(s) in {len(lines)} stage(s); "
+            "the steps of a stage run side by side"
+        )
+        for line in lines:
+            print(f"    {line}")
     return 0
+
+
+def stage_lines(workflow: WorkflowSpec) -> list[str]:
+    """One line per stage: the steps that start together, with what each fans out over."""
+
+    def label(name: str) -> str:
+        fan_out = workflow.steps[name].for_each
+        return f"{name} (one task per {fan_out})" if fan_out else name
+
+    return [
+        f"stage {number}: {', '.join(map(label, stage))}"
+        for number, stage in enumerate(workflow.stages(), start=1)
+    ]
 
 
 def triggers_command(args: argparse.Namespace) -> int:
