@@ -154,6 +154,30 @@ def load_settings(path: str | Path | None = None) -> Settings:
         ) from None
 
 
+def client_settings(path: str | Path | None = None) -> tuple[Settings, Path | None]:
+    """The settings a client command takes the server's address and admin token from, and
+    the config file they came from.
+
+    A file named by `path` must load. $ORCHESTRATOR_CONFIG or the default file is used when
+    it exists and loads (a client needs only the address and token, not a valid workflow);
+    otherwise the environment alone.
+    """
+    if path is not None:
+        return load_settings(path), Path(path)
+    source = config_path()
+    if source.exists():
+        try:
+            return load_settings(source), source
+        except ConfigError:
+            pass
+    try:
+        return Settings(), None
+    except ValidationError as error:
+        raise ConfigError(
+            [_describe(Path("environment"), problem) for problem in error.errors()]
+        ) from None
+
+
 def as_written(location: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     """The field path as the file spells it: `secret = ...` is validated as `secrets[0]`,
     so a problem there is named `secret`, not `secrets.0`."""

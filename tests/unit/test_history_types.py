@@ -68,7 +68,9 @@ def _params(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
 
 
 def _template(value: ast.JoinedStr) -> str:
-    return "".join(part.value if isinstance(part, ast.Constant) else "{}" for part in value.values)
+    return "".join(
+        str(part.value) if isinstance(part, ast.Constant) else "{}" for part in value.values
+    )
 
 
 def _innermost(tree: ast.AST) -> dict[int, ast.FunctionDef | ast.AsyncFunctionDef]:
@@ -95,7 +97,7 @@ def _carried(module: str, tree: ast.Module, function: str, param: str, found: Wr
     if index >= offset:
         default = defaults[index - offset]
         assert isinstance(default, ast.Constant)
-        found.types.add(default.value)
+        found.types.add(str(default.value))
     owner = _innermost(tree)
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call) or _callee(node) != function:
