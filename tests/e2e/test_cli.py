@@ -131,7 +131,7 @@ async def test_demo_morning_run_prints_progress_and_a_summary(
     assert "draft: 10 task(s) started at once" in text
     assert "speedup" in text
     assert text.index("triage_replies: 1 task(s) started at once") < text.index("research: 30")
-    banner = [record["line"] for record in server.logs if record.get("event") == "stderr"]
+    banner = [str(record["line"]) for record in server.logs if record.get("event") == "stderr"]
     assert any("admin API" in line for line in banner), "the banner is on stderr"
     assert not [line for line in server.stdout if line.lstrip().startswith("{")], (
         "no log line among the progress lines"
