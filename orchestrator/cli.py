@@ -32,6 +32,7 @@ from orchestrator.signing import new_secret, sign_headers
 log = structlog.get_logger("orchestrator.cli")
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
 
 DESCRIPTION = """\
 A webhook-driven event orchestrator that replaces polling loops.
@@ -179,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `orchestrator events | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 def _check_target(positional: str | None, option: str | None) -> str | None:

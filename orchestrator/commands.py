@@ -143,7 +143,7 @@ def run_client_command(args: argparse.Namespace) -> int:
         if error.status == 401:
             hint = "; set ORCHESTRATOR_ADMIN_TOKEN to the server's admin token"
         print(f"error: {error}{hint}", file=sys.stderr)
-    except (httpx.TransportError, OSError) as error:
+    except httpx.TransportError as error:
         print(
             f"error: cannot reach the orchestrator at {address.url} ({address.origin}): "
             f"{str(error) or type(error).__name__}; is it running? Point elsewhere with "

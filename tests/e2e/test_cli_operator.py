@@ -63,11 +63,17 @@ async def test_client_commands_find_the_server_from_the_environment_or_the_confi
 
 
 @pytest.mark.parametrize(
-    ("where", "origin"),
-    [("flag", "from --url"), ("env", "from ORCHESTRATOR_URL"), ("config", "host and port of")],
+    ("command", "where", "origin"),
+    [
+        (("replay", "evt_x"), "flag", "from --url"),
+        (("cancel", "run_x"), "env", "from ORCHESTRATOR_URL"),
+        (("runs",), "config", "host and port of"),
+        (("events", "--follow"), "config", "host and port of"),
+    ],
+    ids=["replay-flag", "cancel-env", "runs-config", "events-config"],
 )
 async def test_an_unreachable_server_is_one_line_naming_the_url_and_how_to_point_elsewhere(
-    tmp_path: Path, where: str, origin: str
+    tmp_path: Path, command: tuple[str, ...], where: str, origin: str
 ) -> None:
     """No traceback, exit status 1, and the line says which URL was tried and why that one."""
     with bound_socket() as sock:  # a port that was free a moment ago, now closed
@@ -76,13 +82,12 @@ async def test_an_unreachable_server_is_one_line_naming_the_url_and_how_to_point
     config.write_text(f"port = {url.rsplit(':', 1)[1]}\n")
     args = {"flag": ("--url", url), "env": (), "config": ("--config", str(config))}[where]
     env = client_env(ORCHESTRATOR_URL=url) if where == "env" else client_env()
-    for command in (("runs",), ("show", "run_x"), ("cancel", "run_x"), ("replay", "evt_x")):
-        code, out, err = await run_script(*command, *args, cwd=tmp_path, env=env)
-        assert (code, out) == (1, "")
-        assert "Traceback" not in err
-        assert len(err.strip().splitlines()) == 1
-        assert f"error: cannot reach the orchestrator at {url} ({origin}" in err
-        assert "--url URL or ORCHESTRATOR_URL" in err
+    code, out, err = await run_script(*command, *args, cwd=tmp_path, env=env)
+    assert (code, out) == (1, "")
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert f"error: cannot reach the orchestrator at {url} ({origin}" in err
+    assert "--url URL or ORCHESTRATOR_URL" in err
 
 
 async def test_cancel_and_replay_act_on_a_running_server(
@@ -128,8 +133,8 @@ async def test_cancel_and_replay_act_on_a_running_server(
     assert forced["event_id"] == fired["event_id"]
     assert len({fired["run_id"], replayed, forced["run_id"]}) == 3
 
-    code, out, _ = await run_script("runs", "--json", cwd=tmp_path, env=env)
-    statuses = {run["id"]: run["status"] for run in json.loads(out)["runs"]}
+    async with server.client() as client:
+        statuses = {run["id"]: run["status"] for run in (await client.runs())["runs"]}
     assert statuses == {
         fired["run_id"]: "cancelled", replayed: "running", forced["run_id"]: "running",
     }  # fmt: skip
