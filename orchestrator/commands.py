@@ -21,7 +21,13 @@ from typing import Any
 import httpx
 
 from orchestrator.admin import timing_from_json
-from orchestrator.client import URL_VARIABLE, AdminClient, AdminError, server_address
+from orchestrator.client import (
+    URL_VARIABLE,
+    AdminClient,
+    AdminError,
+    ServerAddress,
+    server_address,
+)
 from orchestrator.progress import Progress
 from orchestrator.records import HistoryEntry
 from orchestrator.settings import ConfigError, client_settings
@@ -136,8 +142,13 @@ def run_client_command(args: argparse.Namespace) -> int:
     address = server_address(args.url, os.environ, configured)
     tokens = settings.admin_tokens()
     client = AdminClient(address.url, tokens[0] if tokens else None)
+    return asyncio.run(_explained(CLIENT_COMMANDS[args.command](args, client), address))
+
+
+async def _explained(command: Coroutine[Any, Any, int], address: ServerAddress) -> int:
+    """The command's exit status; an error answer or an unreachable server is one line."""
     try:
-        return asyncio.run(CLIENT_COMMANDS[args.command](args, client))
+        return await command
     except AdminError as error:
         hint = ""
         if error.status == 401:
