@@ -1,4 +1,5 @@
-"""The `orchestrator` command: serve, check a config, fire a trigger."""
+"""The `orchestrator` command: serve, check a config, preview triggers, sign a callback;
+the client commands that talk to a running server are in `orchestrator.commands`."""
 
 from __future__ import annotations
 
@@ -212,7 +213,7 @@ def check_command(path: str | None) -> int:
 
 
 def stage_lines(workflow: WorkflowSpec) -> list[str]:
-    """One line per stage: the steps that start together, with what each fans out over."""
+    """One line per stage: the steps that run side by side, with what each fans out over."""
 
     def label(name: str) -> str:
         fan_out = workflow.steps[name].for_each
