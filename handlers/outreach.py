@@ -1,9 +1,11 @@
-"""The example "morning outreach" workflow: research leads, draft emails, update a CRM, summarize.
+"""The example "morning outreach" workflow: research leads, draft emails, update a CRM,
+triage the inbox's replies beside all that, summarize.
 
 Research goes to an external service (simulated by handlers.fake_research) that calls back
-signed; drafting and the CRM write are simulated locally with a delay. OUTREACH_DELAY_SCALE
-scales every simulated delay (0 makes them instant). The shape is what matters: 30 research
-tasks at once, a join, 10 drafts at once, one batched CRM write, one summary.
+signed; drafting, the CRM write and reply triage are simulated locally with a delay.
+OUTREACH_DELAY_SCALE scales every simulated delay (0 makes them instant). The shape is what
+matters: 30 research tasks at once, a join, 10 drafts at once, one batched CRM write, and
+the reply triage running beside them from the start, all joined by one summary.
 """
 
 from __future__ import annotations
@@ -114,7 +116,51 @@ def update_crm(ctx: Context) -> dict[str, Any]:
     return {"updated": len(drafts), "lead_ids": [draft["lead_id"] for draft in drafts]}
 
 
+REPLIES = [
+    ("contact3@initech.example", "Sounds interesting, can we talk on Thursday?"),
+    ("contact7@wayne.example", "Not right now, maybe next quarter."),
+    ("contact12@vandelay.example", "Please remove me from your list."),
+    ("contact5@hooli.example", "Send me the pricing, please."),
+    ("contact9@tyrell.example", "I'm out of office until Monday."),
+]
+LABELS = {
+    "talk": "interested", "pricing": "interested", "next quarter": "later",
+    "out of office": "auto_reply", "remove me": "unsubscribe",
+}  # fmt: skip
+
+
+class Triaged(BaseModel):
+    """The inbox's replies, each with a label, and how many got each label."""
+
+    replies: list[dict[str, str]]
+    counts: dict[str, int]
+
+
+async def triage_replies(ctx: Context) -> Triaged:
+    """Label this morning's replies to earlier outreach (simulated: 0.3-1.5 s each, all at once).
+
+    It needs nothing from the research, so it starts with fetch_leads and runs beside it.
+    """
+
+    async def triage(sender: str, text: str) -> dict[str, str]:
+        await asyncio.sleep(_rng("triage", sender).uniform(0.3, 1.5) * _scale())
+        label = next((tag for key, tag in LABELS.items() if key in text.lower()), "other")
+        return {"from": sender, "label": label}
+
+    count = int(ctx.event.get("replies", len(REPLIES)))
+    replies = await asyncio.gather(*(triage(*reply) for reply in REPLIES[:count]))
+    counts: dict[str, int] = {}
+    for reply in replies:
+        counts[reply["label"]] = counts.get(reply["label"], 0) + 1
+    return Triaged(replies=list(replies), counts=counts)
+
+
 def write_summary(ctx: Context) -> dict[str, Any]:
     """One line for the morning report."""
     crm = ctx.upstream["update_crm"].output
-    return {"summary": f"{crm['updated']} personalised emails drafted and logged in the CRM"}
+    triaged = ctx.upstream["triage_replies"].output
+    labels = ", ".join(f"{count} {label}" for label, count in sorted(triaged["counts"].items()))
+    return {
+        "summary": f"{crm['updated']} personalised emails drafted and logged in the CRM; "
+        f"{len(triaged['replies'])} replies triaged ({labels or 'none'})"
+    }

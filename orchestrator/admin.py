@@ -15,7 +15,8 @@ from starlette.routing import Route
 
 from orchestrator.barrier import Barrier
 from orchestrator.cron import fires_after
-from orchestrator.engine import Engine, RunStateError, UnknownTarget
+from orchestrator.engine import Engine, Fired, RunStateError, UnknownTarget
+from orchestrator.history_types import UnknownHistoryType, parse_types
 from orchestrator.http import HttpError, parse_json_object, read_body
 from orchestrator.model import TriggerSpec
 from orchestrator.records import HistoryEntry, Run, Task
@@ -72,7 +73,17 @@ async def fire_trigger(request: Request) -> Response:
     fired = await engine.fire(
         name, payload, dedup_key=request.headers.get("idempotency-key"), source="admin"
     )
-    body = {"event_id": fired.event_id, "run_id": fired.run_id, "duplicate": fired.duplicate}
+    return await fired_response(engine, fired)
+
+
+async def fired_response(engine: Engine, fired: Fired) -> Response:
+    """202 with the new event and run; 200 for a duplicate, with the run its first delivery
+    started (a sender retrying a delivery wants the same answer again)."""
+    run_id = fired.run_id
+    if fired.duplicate and run_id is None:
+        runs = await engine.store.runs_of_event(fired.event_id)
+        run_id = runs[0].id if runs else None
+    body = {"event_id": fired.event_id, "run_id": run_id, "duplicate": fired.duplicate}
     return JSONResponse(body, status_code=200 if fired.duplicate else 202)
 
 
@@ -136,13 +147,24 @@ async def replay_event(request: Request) -> Response:
     return JSONResponse({"event_id": fired.event_id, "run_id": fired.run_id}, status_code=202)
 
 
+def _types_param(request: Request) -> tuple[str, ...] | None:
+    """`type=a,b`: entries of any of these types; 400 naming the known types otherwise."""
+    raw = request.query_params.get("type")
+    if raw is None:
+        return None
+    try:
+        return parse_types(raw)
+    except UnknownHistoryType as error:
+        raise HttpError(400, "bad_parameter", str(error)) from None
+
+
 async def list_events(request: Request) -> Response:
     cursor = "cursor" if "cursor" in request.query_params else "after"
     entries = await _engine(request).store.history(
         after=_int_param(request, cursor, 0, 0, 2**62),
         run_id=request.query_params.get("run"),
         task_id=request.query_params.get("task"),
-        type=request.query_params.get("type"),
+        types=_types_param(request),
         since=_time_param(request, "since"),
         limit=_int_param(request, "limit", 100, 1, 1000),
     )
@@ -162,8 +184,8 @@ async def stream_events(request: Request) -> Response:
         raise HttpError(400, "bad_parameter", "Last-Event-ID / after must be a history id")
     engine = _engine(request)
     run_filter = request.query_params.get("run")
-    type_param = request.query_params.get("type")
-    types = None if type_param is None else frozenset(t.strip() for t in type_param.split(","))
+    listed = _types_param(request)
+    types = None if listed is None else frozenset(listed)
     subscription = engine.bus.subscribe()
 
     def wanted(entry: HistoryEntry) -> bool:

@@ -1,36 +1,34 @@
-"""The `orchestrator` command: serve, check a config, fire a trigger."""
+"""The `orchestrator` command: serve, check a config, preview triggers, sign a callback;
+the client commands that talk to a running server are in `orchestrator.commands`."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import json
 import os
 import secrets
 import shlex
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import structlog
 from pydantic import SecretStr
 
 from orchestrator import __version__
 from orchestrator import serve as serving
-from orchestrator.admin import timing_from_json, trigger_preview
+from orchestrator.admin import trigger_preview
 from orchestrator.app import create_app
-from orchestrator.client import AdminClient, AdminError
+from orchestrator.commands import add_client_commands, read_payload, run_client_command
 from orchestrator.engine import Engine
+from orchestrator.model import WorkflowSpec
 from orchestrator.progress import Progress
-from orchestrator.records import HistoryEntry
 from orchestrator.serve import MainServer, listening_socket, sidecar, uvicorn_config
-from orchestrator.settings import ConfigError, Settings, check_handlers, config_path, load_settings
+from orchestrator.settings import ConfigError, check_handlers, config_path, load_settings
 from orchestrator.signing import new_secret, sign_headers
-from orchestrator.states import RunState
 
 log = structlog.get_logger("orchestrator.cli")
 
@@ -46,14 +44,19 @@ start the moment their join barrier opens, and nothing ever sleeps on a status c
 
 EXAMPLES = """\
 examples:
-  orchestrator check                         validate config/orchestrator.toml
+  orchestrator check                         validate config/orchestrator.toml, print its stages
   orchestrator serve --fire morning          serve, and fire the morning trigger once up
   orchestrator fire morning --wait           fire on a running server and follow the run
+  orchestrator events --follow               watch the history live
+  ORCHESTRATOR_URL=http://127.0.0.1:9000 orchestrator runs    a server on another address
   orchestrator sign --secret env:S --url URL done.json | sh    send a signed callback by hand
   ORCHESTRATOR_CONFIG=prod.toml orchestrator serve --host 0.0.0.0
 
 settings come from the config file; ORCHESTRATOR_* environment variables override it
 (ORCHESTRATOR_DATABASE_URL, ORCHESTRATOR_ADMIN_TOKEN, ORCHESTRATOR_PUBLIC_URL, ...).
+Handler modules are imported from the config file's directory and the working directory
+(then PYTHONPATH and installed packages). Client commands (fire, runs, show, events, retry,
+cancel, replay) find the server from --url, $ORCHESTRATOR_URL, or the config's host and port.
 """
 
 
@@ -110,7 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a config: syntax, fields, the needs graph (no cycle, no unknown "
         "step) and that every handler imports. Exits 2 and names each problem if any.",
     )
-    check.add_argument("config", nargs="?", metavar="CONFIG", help="config file to check")
+    check.add_argument(
+        "config",
+        nargs="?",
+        metavar="CONFIG",
+        help="config file to check (default: $ORCHESTRATOR_CONFIG or config/orchestrator.toml)",
+    )
+    check.add_argument(
+        "--config", dest="config_option", metavar="FILE", help="the same, as an option"
+    )
 
     triggers = commands.add_parser(
         "triggers",
@@ -124,58 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     triggers.add_argument("--config", metavar="FILE", help="config file")
     triggers.add_argument("--json", action="store_true", help="print JSON for scripts")
 
-    def server_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--url", help="server URL (default: http://HOST:PORT from settings)")
-        command.add_argument(
-            "--config", metavar="FILE", help="config file the server settings come from"
-        )
-        command.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_client_commands(commands)
 
-    runs = commands.add_parser(
-        "runs",
-        help="list runs, newest first",
-        description="List runs on a running server, newest first.",
-    )
-    runs.add_argument("--workflow", help="only this workflow")
-    runs.add_argument(
-        "--status", choices=[state.value for state in RunState], help="only runs in this state"
-    )
-    runs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
-    server_options(runs)
-
-    show = commands.add_parser(
-        "show",
-        help="a run: steps, barriers, tasks, timing",
-        description="Show one run: its barriers (k of n, policy), tasks and timing.",
-    )
-    show.add_argument("run", metavar="RUN", help="run id")
-    server_options(show)
-
-    events = commands.add_parser(
-        "events",
-        help="the history, or --follow it live",
-        description="Print history entries, oldest first; --follow keeps streaming new ones (Server-Sent Events).",
-    )
-    events.add_argument("--run", help="only this run's history")
-    events.add_argument(
-        "--follow", action="store_true", help="keep printing entries as they happen"
-    )
-    server_options(events)
-
-    retry = commands.add_parser(
-        "retry",
-        help="re-run the failed tasks of a failed run",
-        description="Re-run the failed, timed-out and cancelled tasks of a failed or cancelled run; succeeded tasks are kept.",
-    )
-    retry.add_argument("run", metavar="RUN", help="run id")
-    server_options(retry)
-
-    fire = commands.add_parser(
-        "fire",
-        help="fire a trigger or workflow on a running server",
-        description="Fire a trigger (or a workflow by name) on a running server through the "
-        "admin API, with ORCHESTRATOR_ADMIN_TOKEN as the bearer token.",
-    )
     sign = commands.add_parser(
         "sign",
         help="sign a body the way a service signs its callback (for curl)",
@@ -199,18 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--new-secret", action="store_true", help="print a fresh whsec_ secret and exit"
     )
 
-    fire.add_argument("name", metavar="NAME", help="trigger or workflow name")
-    fire.add_argument(
-        "--payload", metavar="FILE", help="JSON object to send as the event payload ('-' for stdin)"
-    )
-    fire.add_argument(
-        "--idempotency-key", metavar="KEY", help="firing again with the same key starts nothing new"
-    )
-    fire.add_argument("--url", help="server URL (default: http://HOST:PORT from settings)")
-    fire.add_argument("--config", metavar="FILE", help="config file the server settings come from")
-    fire.add_argument(
-        "--wait", action="store_true", help="follow the run until it finishes and print its summary"
-    )
     return parser
 
 
@@ -218,26 +167,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":
-            return check_command(args.config)
+            return check_command(_check_target(args.config, args.config_option))
         if args.command == "serve":
             return serve_command(args)
         if args.command == "sign":
             return sign_command(args)
         if args.command == "triggers":
             return triggers_command(args)
-        if args.command in OPERATOR_COMMANDS:
-            try:
-                return asyncio.run(OPERATOR_COMMANDS[args.command](args))
-            except (AdminError, httpx.HTTPError, OSError) as error:
-                print(f"error: {error}", file=sys.stderr)
-                return EXIT_FAILED
-        return asyncio.run(fire_command(args))
+        return run_client_command(args)
     except ConfigError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `orchestrator events | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _check_target(positional: str | None, option: str | None) -> str | None:
+    if positional is not None and option is not None and positional != option:
+        raise ConfigError([f"check: two config files given ({positional}, {option}); give one"])
+    return positional or option
 
 
 def check_command(path: str | None) -> int:
@@ -250,9 +202,27 @@ def check_command(path: str | None) -> int:
         f"{len(settings.triggers)} trigger(s)"
     )
     for name, workflow in settings.workflows.items():
-        order = " → ".join(workflow.steps)
-        print(f"  {name}: {order}")
+        lines = stage_lines(workflow)
+        print(
+            f"  {name}: {len(workflow.steps)} step(s) in {len(lines)} stage(s); "
+            "the steps of a stage run side by side"
+        )
+        for line in lines:
+            print(f"    {line}")
     return 0
+
+
+def stage_lines(workflow: WorkflowSpec) -> list[str]:
+    """One line per stage: the steps that run side by side, with what each fans out over."""
+
+    def label(name: str) -> str:
+        fan_out = workflow.steps[name].for_each
+        return f"{name} (one task per {fan_out})" if fan_out else name
+
+    return [
+        f"stage {number}: {', '.join(map(label, stage))}"
+        for number, stage in enumerate(workflow.stages(), start=1)
+    ]
 
 
 def triggers_command(args: argparse.Namespace) -> int:
@@ -310,21 +280,6 @@ def sign_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_payload(path: str | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-        value = json.loads(text)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError([f"{path}: cannot read a JSON payload: {error}"]) from None
-    if not isinstance(value, dict):
-        raise ConfigError(
-            [f"{path}: the payload must be a JSON object, got {type(value).__name__}"]
-        )
-    return value
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -339,6 +294,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     source = config_path(args.config)
     settings = load_settings(source)
+    configure_logging(settings.log_level, settings.log_format)  # before handler modules load
     check_handlers(settings, source)
     updates: dict[str, Any] = {}
     if args.host:
@@ -346,8 +302,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.port is not None:
         updates["port"] = args.port
     settings = settings.model_copy(update=updates)
-    payload = _read_payload(args.payload)
-    configure_logging(settings.log_level, settings.log_format)
+    payload = read_payload(args.payload)
 
     ephemeral_token = None
     if not settings.admin_tokens():
@@ -386,161 +341,32 @@ def serve_command(args: argparse.Namespace) -> int:
         log.info("server_ready", url=url, database=settings.database_url, pid=os.getpid())
         for car in sidecars:
             log.info("sidecar_ready", service=car.service, url=car.url)
-        if show_progress or sys.stdout.isatty():
-            print(f"orchestrator {__version__} listening on {url}  (Ctrl-C to stop)")
-            print(f"  admin API   {url}/admin/runs")
-            for car in sidecars:
-                print(f"  sidecar     {car.service} at {car.url}")
-            if ephemeral_token is not None:
-                print(
-                    f"  admin token {ephemeral_token}  (generated for this process; "
-                    "set ORCHESTRATOR_ADMIN_TOKEN to choose one)"
-                )
-                print(
-                    f"  try: ORCHESTRATOR_ADMIN_TOKEN={ephemeral_token} orchestrator fire "
-                    f"{next(iter(settings.triggers or settings.workflows), 'NAME')} --url {url} --wait"
-                )
-            sys.stdout.flush()
+        # For people, so on stderr: stdout carries only the progress lines, and the token
+        # shows even when stdout goes to a file. Never logged: logs are often shipped.
+        if show_progress or ephemeral_token is not None or sys.stderr.isatty():
+            first = next(iter(settings.triggers or settings.workflows), "NAME")
+            services = [(car.service, car.url) for car in sidecars]
+            for line in banner(url, services, ephemeral_token, first):
+                print(line, file=sys.stderr)
+            sys.stderr.flush()
 
     serving.run(MainServer(uvicorn_config(app), on_ready), sock, sidecars)
     return 0
 
 
-async def fire_command(args: argparse.Namespace) -> int:
-    settings = _client_settings(args.config)
-    url = args.url or f"http://{settings.host}:{settings.port}"
-    tokens = settings.admin_tokens()
-    async with AdminClient(url, tokens[0] if tokens else None) as client:
-        try:
-            fired = await client.fire(args.name, _read_payload(args.payload), args.idempotency_key)
-        except (AdminError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_FAILED
-        note = " (duplicate: nothing new started)" if fired["duplicate"] else ""
-        print(f"fired {args.name}: event {fired['event_id']} run {fired['run_id']}{note}")
-        if not args.wait or fired["run_id"] is None:
-            return 0
-        return await _follow_run(client, fired["run_id"])
-
-
-def _client_settings(path: str | None) -> Settings:
-    source = config_path(path)
-    return load_settings(source) if source.exists() else Settings()
-
-
-async def _follow_run(client: AdminClient, run_id: str) -> int:
-    progress = Progress()
-    async for entry in client.stream(after=0, run_id=run_id):
-        line = progress.line(entry)
-        if line is not None:
-            print(line, flush=True)
-        if entry.type in ("run_succeeded", "run_failed", "run_cancelled"):
-            break
-    detail = await client.run(run_id)
-    timing = timing_from_json(detail["timing"])
-    for line in progress.summary(detail["workflow"], run_id, detail["status"], timing):
-        print(line)
-    return 0 if detail["status"] == RunState.SUCCEEDED.value else EXIT_FAILED
-
-
-def _client(args: argparse.Namespace) -> AdminClient:
-    settings = _client_settings(args.config)
-    tokens = settings.admin_tokens()
-    return AdminClient(
-        args.url or f"http://{settings.host}:{settings.port}", tokens[0] if tokens else None
-    )
-
-
-def _when(at: float | None) -> str:
-    return (
-        "-" if at is None else datetime.fromtimestamp(at).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    )
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}s"
-
-
-async def runs_command(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
-        page = await client.runs(workflow=args.workflow, status=args.status, limit=args.limit)
-    if args.json:
-        print(json.dumps(page, indent=2))
-        return 0
-    print(f"{'RUN':<32} {'WORKFLOW':<20} {'STATUS':<10} {'STARTED':<20} WALL")
-    for run in page["runs"]:
-        wall = None if run["finished_at"] is None else run["finished_at"] - run["created_at"]
-        print(
-            f"{run['id']:<32} {run['workflow']:<20} {run['status']:<10} {_when(run['created_at']):<20} {_seconds(wall)}"
-        )
-    if page["next_cursor"]:
-        print(f"(more: --limit {args.limit * 2}, or the API's cursor {page['next_cursor']})")
-    return 0
-
-
-async def show_command(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
-        detail = await client.run(args.run)
-    if args.json:
-        print(json.dumps(detail, indent=2))
-        return 0
-    print(
-        f"{detail['id']}  {detail['workflow']}  {detail['status']}  started {_when(detail['created_at'])}"
-    )
-    print("steps:")
-    for barrier in detail["barriers"]:
-        policy = barrier["policy"]
-        print(
-            f"  {barrier['step']:<20} {barrier['status']:<8} {barrier['succeeded']}/{barrier['required']} "
-            f"required of {barrier['expected']} ({policy['mode']}, {policy['on_failure']})"
-            + (f"  {barrier['reason']}" if barrier["reason"] else "")
-        )
-    print("tasks:")
-    for task in detail["tasks"]:
-        label = task["step"] + (f"[{task['item']}]" if task["item"] else "")
-        error = f"  {task['error']}" if task["error"] else ""
-        print(
-            f"  {label:<24} {task['state']:<10} attempt {task['attempt']}  {_seconds(task['duration'])}{error}"
-        )
-    for line in Progress().summary(
-        detail["workflow"], detail["id"], detail["status"], timing_from_json(detail["timing"])
-    ):
-        print(line)
-    return 0
-
-
-async def events_command(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
-        entries = (
-            client.stream(after=0, run_id=args.run) if args.follow else _listed(client, args.run)
-        )
-        async for entry in entries:
-            if args.json:
-                print(json.dumps(entry.to_json()), flush=True)
-                continue
-            where = " ".join(part for part in (entry.run_id, entry.step) if part)
-            data = " ".join(
-                f"{key}={value}" for key, value in entry.data.items() if value is not None
-            )
-            print(f"{_when(entry.at)}  #{entry.id:<6} {entry.type:<24} {where}  {data}", flush=True)
-    return 0
-
-
-async def _listed(client: AdminClient, run_id: str | None) -> AsyncIterator[HistoryEntry]:
-    for entry in await client.history(run_id=run_id):
-        yield entry
-
-
-async def retry_command(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
-        result = await client.retry(args.run)
-    print(f"retrying {result['retried_tasks']} task(s) of {result['run_id']}")
-    return 0
-
-
-OPERATOR_COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
-    "runs": runs_command,
-    "show": show_command,
-    "events": events_command,
-    "retry": retry_command,
-}
+def banner(url: str, sidecars: list[tuple[str, str]], token: str | None, example: str) -> list[str]:
+    """What `serve` tells the person who started it: where things are, and the token."""
+    lines = [
+        f"orchestrator {__version__} listening on {url}  (Ctrl-C to stop)",
+        f"  admin API   {url}/admin/runs",
+        f"  dashboard   {url}/admin/",
+    ]
+    lines += [f"  sidecar     {service} at {where}" for service, where in sidecars]
+    if token is not None:
+        lines += [
+            f"  admin token {token}  (generated for this process; "
+            "set ORCHESTRATOR_ADMIN_TOKEN to choose one)",
+            f"  try: ORCHESTRATOR_ADMIN_TOKEN={token} orchestrator fire {example} "
+            f"--url {url} --wait",
+        ]
+    return lines

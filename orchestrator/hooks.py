@@ -1,10 +1,10 @@
 """POST /hooks/{trigger}: signed inbound webhooks start runs; redeliveries start nothing.
 
 The event is persisted before the answer (202 with its id, fast: senders time out in
-seconds). A redelivery answers 200 with the same id. Deduplication is on the sender's
-delivery id (webhook-id, X-GitHub-Delivery, the Stripe event id), or an Idempotency-Key
-where the sender has none; never on a hash of the body: two real deliveries may carry the
-same body.
+seconds). A redelivery answers 200 with the same event id and the run it started.
+Deduplication is on the sender's delivery id (webhook-id, X-GitHub-Delivery, the Stripe
+event id), or an Idempotency-Key where the sender has none; never on a hash of the body:
+two real deliveries may carry the same body.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 
 import pydantic
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from orchestrator.admin import fired_response
 from orchestrator.engine import Engine
 from orchestrator.http import HttpError, parse_json_object, read_body
 from orchestrator.model import WebhookSpec
@@ -52,8 +53,7 @@ async def receive(request: Request) -> Response:
     # request into a new event. The header serves senders that have no delivery id.
     dedup = delivery or request.headers.get("idempotency-key")
     fired = await engine.fire(name, payload, dedup_key=dedup, source=f"webhook:{webhook.scheme}")
-    body_out = {"event_id": fired.event_id, "run_id": fired.run_id, "duplicate": fired.duplicate}
-    return JSONResponse(body_out, status_code=200 if fired.duplicate else 202)
+    return await fired_response(engine, fired)
 
 
 def _verify(webhook: WebhookSpec, request: Request, body: bytes, now: float) -> str | None:

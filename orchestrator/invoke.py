@@ -10,12 +10,14 @@ import importlib
 import inspect
 import json
 import re
+import sys
 import time
 import types
 import typing
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -255,11 +257,45 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", repr(annotation))
 
 
+_import_roots: list[Path] = []  # the directories add_import_roots put first, for messages
+
+
+def add_import_roots(config: Path) -> list[Path]:
+    """Put the config file's directory and the working directory first on the import path.
+
+    So handler modules that sit beside the config, or where the command runs, import without
+    PYTHONPATH (the installed `orchestrator` script does not put the working directory there).
+    """
+    roots = [config.resolve().parent, Path.cwd().resolve()]
+    present = {Path(entry or ".").resolve() for entry in sys.path}
+    for root in reversed(roots):
+        if root not in present:
+            sys.path.insert(0, str(root))
+    _import_roots[:] = roots
+    return roots
+
+
+def _where_handlers_come_from() -> str:
+    if not _import_roots:
+        return "handlers are imported from sys.path: PYTHONPATH and installed packages"
+    config_dir, cwd = _import_roots
+    return (
+        f"handlers are imported from the config file's directory ({config_dir}) and the "
+        f"working directory ({cwd}), then PYTHONPATH and installed packages"
+    )
+
+
 def load_handler(path: str) -> Handler:
     """Import `module:callable`; HandlerImportError says what is wrong in words."""
     module_name, _, attribute = path.partition(":")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        hint = ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            hint = f" ({_where_handlers_come_from()})"  # not one of its own imports: the module
+        raise HandlerImportError(f"cannot import module {module_name!r}: {error}{hint}") from error
     except Exception as error:
         raise HandlerImportError(f"cannot import module {module_name!r}: {error}") from error
     function = getattr(module, attribute, None)

@@ -7,6 +7,7 @@ import binascii
 import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -184,6 +185,31 @@ class WorkflowSpec(Spec):
 
     def roots(self) -> list[str]:
         return [name for name, spec in self.steps.items() if not spec.needs]
+
+    def stages(self) -> list[list[str]]:
+        """The steps grouped by what runs side by side; see `stages_of`."""
+        return stages_of({name: step.needs for name, step in self.steps.items()})
+
+
+def stages_of(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Steps of `graph` (step -> steps it needs) grouped into stages that run side by side.
+
+    Stage 0 holds the steps that need nothing; each later stage holds the steps whose needs
+    all lie in earlier stages, so a step sits one past the latest of its needs and nothing in
+    a stage needs anything in it. Steps keep their declaration order within a stage. A cycle
+    or an unknown need is a ValueError (WorkflowSpec rejects both before this is asked).
+    """
+    grouped: list[list[str]] = []
+    placed: set[str] = set()
+    remaining = list(graph)
+    while remaining:  # each round places at least one step, or stops
+        stage = [name for name in remaining if placed.issuperset(graph[name])]
+        if not stage:
+            raise ValueError(f"no stage order: a cycle or unknown need among {remaining}")
+        grouped.append(stage)
+        placed.update(stage)
+        remaining = [name for name in remaining if name not in placed]
+    return grouped
 
 
 def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str]:

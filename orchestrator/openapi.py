@@ -204,7 +204,7 @@ PATHS: dict[str, dict[str, Any]] = {
             parameters=[
                 _query("run", "only this run"),
                 _query("task", "only this task"),
-                _query("type", "only this entry type"),
+                _query("type", "only these entry types, comma-separated (400 if unknown)"),
                 _query("since", "at or after (epoch seconds or ISO 8601)"),
                 _query("cursor", "next_cursor of the previous page", "integer"),
                 _query("limit", "page size, 1-1000", "integer"),
@@ -214,10 +214,13 @@ PATHS: dict[str, dict[str, Any]] = {
     "/admin/events/stream": {
         "get": _admin(
             "History live as Server-Sent Events; Last-Event-ID (or after=) resumes",
-            {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
+            {
+                "200": {"description": "text/event-stream", "content": {"text/event-stream": {}}},
+                "400": _error("bad parameter"),
+            },
             parameters=[
                 _query("run", "only this run"),
-                _query("type", "only these entry types, comma-separated"),
+                _query("type", "only these entry types, comma-separated (400 if unknown)"),
                 _query("after", "resume after this id", "integer"),
             ],
         )

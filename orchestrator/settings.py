@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from orchestrator.durations import Duration
-from orchestrator.invoke import HandlerImportError, load_handler
+from orchestrator.invoke import HandlerImportError, add_import_roots, load_handler
 from orchestrator.model import NAME_PATTERN, ServiceSpec, TriggerSpec, WorkflowSpec
 
 ENV_PREFIX = "ORCHESTRATOR_"
@@ -149,11 +149,52 @@ def load_settings(path: str | Path | None = None) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as error:
-        raise ConfigError([_describe(source, problem) for problem in error.errors()]) from None
+        raise ConfigError(
+            [_describe(source, problem, data) for problem in error.errors()]
+        ) from None
 
 
-def _describe(source: Path, problem: Any) -> str:
-    location = problem["loc"]
+def client_settings(path: str | Path | None = None) -> tuple[Settings, Path | None]:
+    """The settings a client command takes the server's address and admin token from, and
+    the config file they came from.
+
+    A file named by `path` must load. $ORCHESTRATOR_CONFIG or the default file is used when
+    it exists and loads (a client needs only the address and token, not a valid workflow);
+    otherwise the environment alone.
+    """
+    if path is not None:
+        return load_settings(path), Path(path)
+    source = config_path()
+    if source.exists():
+        try:
+            return load_settings(source), source
+        except ConfigError:
+            pass
+    try:
+        return Settings(), None
+    except ValidationError as error:
+        raise ConfigError(
+            [_describe(Path("environment"), problem) for problem in error.errors()]
+        ) from None
+
+
+def as_written(location: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """The field path as the file spells it: `secret = ...` is validated as `secrets[0]`,
+    so a problem there is named `secret`, not `secrets.0`."""
+    if len(location) < 2 or location[-2:] != ("secrets", 0):
+        return location
+    table: Any = data
+    for part in location[:-2]:
+        if not isinstance(table, dict) or part not in table:
+            return location
+        table = table[part]
+    if isinstance(table, dict) and "secret" in table and "secrets" not in table:
+        return (*location[:-2], "secret")
+    return location
+
+
+def _describe(source: Path, problem: Any, data: Any = None) -> str:
+    location = as_written(tuple(problem["loc"]), data)
     origin = str(source)
     if location and isinstance(location[0], str):
         variable = f"{ENV_PREFIX}{location[0]}".upper()
@@ -170,7 +211,12 @@ def _describe(source: Path, problem: Any) -> str:
 
 
 def check_handlers(settings: Settings, source: Path) -> None:
-    """Import every handler the config names; ConfigError lists the ones that do not import."""
+    """Import every handler the config names; ConfigError lists the ones that do not import.
+
+    The config file's directory and the working directory go first on the import path, so
+    a user's handler modules beside the config (or where the command runs) are found.
+    """
+    add_import_roots(source)
     problems = []
     for workflow_name, workflow in settings.workflows.items():
         for step_name, step in workflow.steps.items():

@@ -196,11 +196,12 @@ class Store(Protocol):
         after: int = 0,
         run_id: str | None = None,
         task_id: str | None = None,
-        type: str | None = None,
+        types: Sequence[str] | None = None,
         since: float | None = None,
         limit: int = 100,
     ) -> list[HistoryEntry]:
-        """History entries with id > `after` (and at or after `since`), oldest first."""
+        """History entries with id > `after` (and at or after `since`, of one of `types`),
+        oldest first."""
 
     async def callback_target(self, token_hash: str) -> tuple[Task, int] | None:
         """The task a callback token names, and the attempt the token was made for."""

@@ -318,7 +318,7 @@ class SqliteStore:
         after: int = 0,
         run_id: str | None = None,
         task_id: str | None = None,
-        type: str | None = None,
+        types: Sequence[str] | None = None,
         since: float | None = None,
         limit: int = 100,
     ) -> list[HistoryEntry]:
@@ -332,9 +332,9 @@ class SqliteStore:
         if run_id is not None:
             clauses.append("run_id = ?")
             params.append(run_id)
-        if type is not None:
-            clauses.append("type = ?")
-            params.append(type)
+        if types is not None:
+            clauses.append(f"type IN ({', '.join('?' * len(types))})")
+            params.extend(types)
         sql = f"SELECT * FROM history WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"  # noqa: S608 - clauses are fixed strings
         return [history_from_row(row) for row in await self._rows(sql, [*params, limit])]
 

@@ -163,14 +163,15 @@ async def test_fire_answers_202_with_ids_and_runs_the_workflow(
 async def test_fire_with_a_repeated_idempotency_key_answers_the_same_event(
     client: httpx.AsyncClient,
 ) -> None:
-    """A second fire with the same Idempotency-Key answers 200 and the first event's id."""
+    """A second fire with the same Idempotency-Key answers 200 with the first event and run."""
     headers = {**AUTH, "Idempotency-Key": "abc"}
     first = await client.post("/admin/triggers/t/fire", headers=headers, json={"items": []})
     second = await client.post("/admin/triggers/t/fire", headers=headers, json={"items": []})
     assert (first.status_code, second.status_code) == (202, 200)
+    assert first.json()["run_id"] is not None
     assert second.json() == {
         "event_id": first.json()["event_id"],
-        "run_id": None,
+        "run_id": first.json()["run_id"],
         "duplicate": True,
     }
     runs = (await client.get("/admin/runs", headers=AUTH)).json()["runs"]
@@ -256,6 +257,34 @@ async def test_history_filters_by_run_and_type_and_pages_by_id(
     after = page.json()["next_after"]
     rest = await client.get("/admin/events", headers=AUTH, params={"run": first, "after": after})
     assert [e["type"] for e in page.json()["events"] + rest.json()["events"]] == types
+
+
+async def test_history_takes_a_comma_separated_list_of_types(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """/admin/events?type=a,b returns the entries of either type, oldest first, as the stream does."""
+    run_id = await fire_and_finish(app, client)
+    params = {"run": run_id, "type": "run_started,run_succeeded"}
+    listed = (await client.get("/admin/events", headers=AUTH, params=params)).json()["events"]
+    assert [entry["type"] for entry in listed] == ["run_started", "run_succeeded"]
+    params["type"] = "task_succeeded, run_succeeded"
+    listed = (await client.get("/admin/events", headers=AUTH, params=params)).json()["events"]
+    assert [entry["type"] for entry in listed] == ["task_succeeded"] * 3 + ["run_succeeded"]
+
+
+@pytest.mark.parametrize("path", ["/admin/events", "/admin/events/stream"])
+@pytest.mark.parametrize("value", ["run_succeeded,run_done", "tsak_succeeded", ""])
+async def test_an_unknown_history_type_answers_400_naming_the_known_ones(
+    client: httpx.AsyncClient, path: str, value: str
+) -> None:
+    """An unknown or empty type filter answers 400 listing the known types, instead of []."""
+    response = await client.get(path, headers=AUTH, params={"type": value})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "bad_parameter"
+    assert body["detail"].startswith("type: ")
+    assert "task_succeeded" in body["detail"]
+    assert "run_cancelled" in body["detail"]
 
 
 async def test_event_stream_sends_only_the_listed_types(

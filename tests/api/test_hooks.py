@@ -87,6 +87,21 @@ async def test_github_delivery_starts_one_run_and_a_redelivery_none(
     assert len(await runs(client)) == 1
 
 
+async def test_a_redelivery_answers_the_run_its_first_delivery_started(
+    client: httpx.AsyncClient,
+) -> None:
+    """A redelivered webhook answers the original run's id, not null, and starts no run."""
+    first = await client.post("/hooks/github_push", content=PUSH, headers=github_headers(PUSH))
+    again = await client.post("/hooks/github_push", content=PUSH, headers=github_headers(PUSH))
+    (run,) = await runs(client)
+    assert first.json()["run_id"] == run["id"]
+    assert again.json() == {
+        "event_id": first.json()["event_id"],
+        "run_id": run["id"],
+        "duplicate": True,
+    }
+
+
 async def test_same_body_in_two_deliveries_is_two_events(client: httpx.AsyncClient) -> None:
     """Deduplication is on the delivery id, never the body: identical bodies are two events."""
     one = await client.post("/hooks/github_push", content=PUSH, headers=github_headers(PUSH, "d-1"))
@@ -192,7 +207,7 @@ async def test_rejected_deliveries_say_why_are_recorded_and_start_nothing(
     response = await client.post(path, content=body, headers=headers)
     assert (response.status_code, response.json()["error"]) == (status, error)
     assert await runs(client) == []
-    (entry,) = await engine_of(app).store.history(type="hook_rejected")
+    (entry,) = await engine_of(app).store.history(types=["hook_rejected"])
     assert (entry.data["status"], entry.data["error"]) == (status, error)
     assert GITHUB_SECRET not in json.dumps(entry.data)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.signing import new_secret, verify
+from tests.e2e.as_user import run_script, user_env, user_server
 from tests.e2e.conftest import REPO, TOKEN, Orchestrator, bound_socket
 
 pytestmark = pytest.mark.e2e
@@ -45,12 +46,41 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
     return process.returncode, out.decode(), err.decode()
 
 
-async def test_check_accepts_the_shipped_config() -> None:
-    """`orchestrator check` validates the example config and imports its handlers."""
+async def test_check_accepts_the_shipped_config_and_prints_its_stages() -> None:
+    """`orchestrator check` validates the example config, imports its handlers and prints
+    what runs side by side: the reply triage starts with fetch_leads, not after the summary."""
     code, out, _ = await run_cli("check", str(DEMO_CONFIG))
     assert code == 0
     assert "OK" in out
-    assert "morning_outreach" in out
+    assert "morning_outreach: 7 step(s) in 6 stage(s)" in out
+    stages = [line.strip() for line in out.splitlines() if line.strip().startswith("stage ")]
+    assert stages == [
+        "stage 1: fetch_leads, triage_replies",
+        "stage 2: research (one task per fetch_leads.leads)",
+        "stage 3: pick_top",
+        "stage 4: draft (one task per pick_top.top)",
+        "stage 5: update_crm",
+        "stage 6: summary",
+    ]
+
+
+async def test_check_takes_the_config_as_an_argument_or_with_config(tmp_path: Path) -> None:
+    """`check FILE` and `check --config FILE` do the same; two different files are refused."""
+    config = tmp_path / "two.toml"
+    config.write_text(
+        '[workflows.w.steps.a]\nhandler = "handlers.outreach:fetch_leads"\n'
+        '[workflows.w.steps.b]\nhandler = "handlers.outreach:fetch_leads"\n'
+        '[workflows.w.steps.c]\nhandler = "handlers.outreach:fetch_leads"\nneeds = ["a", "b"]\n'
+    )
+    as_argument = await run_cli("check", str(config))
+    as_option = await run_cli("check", "--config", str(config))
+    assert as_argument == as_option
+    code, out, _ = as_option
+    assert code == 0
+    assert "    stage 1: a, b\n    stage 2: c\n" in out
+    code, _, err = await run_cli("check", str(config), "--config", str(DEMO_CONFIG))
+    assert code == 2
+    assert "two config files given" in err
 
 
 async def test_check_names_file_field_and_expectation_without_a_traceback(tmp_path: Path) -> None:
@@ -100,7 +130,12 @@ async def test_demo_morning_run_prints_progress_and_a_summary(
     assert "research: 30 task(s) started at once" in text
     assert "draft: 10 task(s) started at once" in text
     assert "speedup" in text
-    assert "admin API" in text
+    assert text.index("triage_replies: 1 task(s) started at once") < text.index("research: 30")
+    banner = [str(record["line"]) for record in server.logs if record.get("event") == "stderr"]
+    assert any("admin API" in line for line in banner), "the banner is on stderr"
+    assert not [line for line in server.stdout if line.lstrip().startswith("{")], (
+        "no log line among the progress lines"
+    )
     async with server.client() as client:
         accepted = await client.history(after=0)
     by_callback = [
@@ -111,6 +146,17 @@ async def test_demo_morning_run_prints_progress_and_a_summary(
     assert len(by_callback) == 30
     assert all(entry.data["webhook_id"] for entry in by_callback)
     assert sum(entry.type == "task_awaiting_callback" for entry in accepted) == 30
+    async with server.client() as client:
+        (run,) = (await client.runs())["runs"]
+        detail = await client.run(run["id"])
+    outputs = {task["step"]: task["output"] for task in detail["tasks"]}
+    assert outputs["triage_replies"]["counts"] == {
+        "auto_reply": 1, "interested": 2, "later": 1, "unsubscribe": 1,
+    }  # fmt: skip
+    assert outputs["summary"]["summary"] == (
+        "10 personalised emails drafted and logged in the CRM; "
+        "5 replies triaged (1 auto_reply, 2 interested, 1 later, 1 unsubscribe)"
+    )
     assert await server.stop(), "the server shuts down cleanly on SIGTERM"
 
 
@@ -200,3 +246,83 @@ async def test_operator_commands_list_show_and_follow_runs(
     assert code == 1
     assert "only a failed or cancelled run can be retried" in err
     assert await server.stop()
+
+
+HELLO = "def hello(ctx):\n    return {'hello': 'world'}\n"
+
+
+def user_settings(tmp_path: Path) -> dict[str, str]:
+    return user_env(
+        ORCHESTRATOR_DATABASE_URL=f"sqlite:///{tmp_path / 'user.db'}",
+        ORCHESTRATOR_LOG_FORMAT="json",
+    )
+
+
+async def test_handler_modules_of_the_users_own_directory_import_without_pythonpath(
+    tmp_path: Path,
+) -> None:
+    """The installed script imports handlers beside the config and in the working directory;
+    a module found in neither is reported with both directories named."""
+    flow, elsewhere, work = tmp_path / "flow", tmp_path / "elsewhere", tmp_path / "work"
+    for directory in (flow, elsewhere, work / "conf"):
+        directory.mkdir(parents=True)
+    (flow / "flow_steps.py").write_text(HELLO)
+    (flow / "orchestrator.toml").write_text('[workflows.w.steps.a]\nhandler = "flow_steps:hello"\n')
+    env = user_settings(tmp_path)
+    code, out, err = await run_script(
+        "check", "--config", str(flow / "orchestrator.toml"), cwd=elsewhere, env=env
+    )
+    assert (code, err) == (0, "")
+    assert "stage 1: a" in out
+
+    (work / "work_steps.py").write_text(HELLO)
+    (work / "conf" / "w.toml").write_text('[workflows.w.steps.a]\nhandler = "work_steps:hello"\n')
+    code, _, err = await run_script("check", "conf/w.toml", cwd=work, env=env)
+    assert (code, err) == (0, "")
+
+    (work / "conf" / "bad.toml").write_text('[workflows.w.steps.a]\nhandler = "nowhere:hello"\n')
+    code, _, err = await run_script("check", "conf/bad.toml", cwd=work, env=env)
+    assert code == 2
+    assert "conf/bad.toml: workflows.w.steps.a.handler: cannot import module 'nowhere'" in err
+    assert f"the config file's directory ({(work / 'conf').resolve()})" in err
+    assert f"the working directory ({work.resolve()})" in err
+
+
+async def test_serve_runs_a_handler_from_beside_the_config(tmp_path: Path) -> None:
+    """`serve` finds the handler module beside the config, and the run it fires succeeds."""
+    flow, elsewhere = tmp_path / "flow", tmp_path / "elsewhere"
+    flow.mkdir()
+    elsewhere.mkdir()
+    (flow / "flow_steps.py").write_text(HELLO)
+    config = flow / "orchestrator.toml"
+    config.write_text('[workflows.w.steps.a]\nhandler = "flow_steps:hello"\n')
+    args = ("--config", str(config), "--port", "0", "--fire", "w")
+    async with user_server(*args, cwd=elsewhere, env=user_settings(tmp_path)) as server:
+        headline = await server.line("stdout", "■ w run_")
+        assert headline.endswith("succeeded")
+        assert await server.stop() == 0
+
+
+async def test_serve_shows_its_generated_token_on_stderr_and_never_logs_it(tmp_path: Path) -> None:
+    """With stdout not a terminal and no --fire, the banner with the generated admin token is
+    on stderr; the token works, and no JSON log record holds it."""
+    config = tmp_path / "one.toml"
+    config.write_text('[workflows.w.steps.a]\nhandler = "handlers.outreach:fetch_leads"\n')
+    env = user_settings(tmp_path)
+    async with user_server("--config", str(config), "--port", "0", cwd=tmp_path, env=env) as server:
+        line = await server.line("stderr", "admin token ")
+        token = line.split("admin token ", 1)[1].split()[0]
+        assert len(token) >= 24
+        assert f"listening on {server.url}" in "\n".join(server.lines["stderr"])
+        fired = await run_script(
+            "fire", "w", "--wait", "--url", server.url, cwd=tmp_path,
+            env={**env, "ORCHESTRATOR_ADMIN_TOKEN": token},
+        )  # fmt: skip
+        assert fired[0] == 0, fired
+        assert await server.stop() == 0
+    assert server.lines["stdout"] == [], "nothing on stdout without progress"
+    records = server.logs()
+    assert {"server_ready", "run_started", "run_succeeded", "shutdown_complete"} <= {
+        record["event"] for record in records
+    }
+    assert [record for record in records if token in json.dumps(record)] == []

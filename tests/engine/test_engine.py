@@ -330,7 +330,7 @@ async def test_duplicate_and_stale_reports_change_nothing(make_engine: MakeEngin
     assert not await engine.report(task.id, 7, Outcome.SUCCEEDED)
     (after,) = await engine.store.tasks_of_run(finished.run_id)
     assert after == task
-    ignored = await engine.store.history(run_id=finished.run_id, type="report_ignored")
+    ignored = await engine.store.history(run_id=finished.run_id, types=["report_ignored"])
     assert [entry.data["reason"] for entry in ignored] == ["task already succeeded"] * 2
 
 

@@ -81,7 +81,7 @@ async def test_history_round_trips_every_field(store: Store) -> None:
 
 
 async def test_history_filters_by_run_type_and_after(store: Store) -> None:
-    """history() returns entries after `after`, of one run and one type, oldest first."""
+    """history() returns entries after `after`, of one run and of the given types, oldest first."""
     run, other = await seed_run(store), await seed_run(store, now=T0 + 1)
     async with store.transaction() as tx:
         stored = await tx.append_history(
@@ -95,8 +95,10 @@ async def test_history_filters_by_run_type_and_after(store: Store) -> None:
         )
     ids = [entry.id or 0 for entry in stored]
     assert await store.history(run_id=run.id) == [stored[0], stored[2], stored[4]]
-    assert await store.history(type="task_succeeded") == [stored[2], stored[3]]
-    assert await store.history(run_id=other.id, type="run_started") == [stored[1]]
+    assert await store.history(types=["task_succeeded"]) == [stored[2], stored[3]]
+    assert await store.history(run_id=other.id, types=["run_started"]) == [stored[1]]
+    both = [stored[0], stored[1], stored[4]]
+    assert await store.history(types=["run_started", "run_succeeded"]) == both
     assert await store.history(after=ids[2]) == stored[3:]
     assert await store.history(after=ids[1], run_id=run.id) == [stored[2], stored[4]]
     assert await store.history(after=ids[-1]) == []

@@ -208,5 +208,5 @@ async def test_concurrent_transactions_serialize_and_all_commit(store: Store) ->
     await asyncio.gather(*(arrive(n) for n in range(10)))
     barriers = await store.barriers_of_run(run.id)
     assert [barrier.succeeded for barrier in barriers] == [10]
-    arrived = await store.history(type="arrived")
+    arrived = await store.history(types=["arrived"])
     assert sorted(entry.data["n"] for entry in arrived) == list(range(10))

@@ -8,12 +8,20 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from orchestrator.durations import parse_duration
-from orchestrator.model import JoinPolicy, Rate, StepSpec, TriggerSpec, WorkflowSpec, find_cycle
+from orchestrator.model import (
+    JoinPolicy,
+    Rate,
+    StepSpec,
+    TriggerSpec,
+    WorkflowSpec,
+    find_cycle,
+    stages_of,
+)
 
 H = "handlers.outreach:fetch_leads"
 
@@ -430,3 +438,57 @@ def test_find_cycle_property(graph: dict[str, tuple[str, ...]]) -> None:
         assert len(set(cycle[:-1])) == len(cycle) - 1
         for node, need in itertools.pairwise(cycle):
             assert need in graph[node]
+
+
+# --- stages: what runs side by side ----------------------------------------------------------
+
+
+def test_stages_of_the_demo_shape() -> None:
+    """Independent steps share a stage; each step sits one past the latest of its needs."""
+    spec = workflow(
+        fetch_leads={},
+        research={"needs": ["fetch_leads"]},
+        triage={},
+        pick_top={"needs": ["research"]},
+        draft={"needs": ["pick_top"]},
+        summary={"needs": ["draft", "triage"]},
+    )
+    assert spec.stages() == [
+        ["fetch_leads", "triage"],
+        ["research"],
+        ["pick_top"],
+        ["draft"],
+        ["summary"],
+    ]
+
+
+def test_stages_put_parallel_branches_side_by_side() -> None:
+    """Steps that need only the same step run together, not as the chain of declaration order."""
+    spec = workflow(
+        load={}, score={"needs": ["load"]}, review={"needs": ["load"]},
+        combine={"needs": ["score", "review"]},
+    )  # fmt: skip
+    assert spec.stages() == [["load"], ["score", "review"], ["combine"]]
+
+
+@pytest.mark.parametrize("graph", [{"a": ("a",)}, {"a": ("b",), "b": ("a",)}, {"a": ("nope",)}])
+def test_stages_of_refuses_a_graph_without_an_order(graph: dict[str, tuple[str, ...]]) -> None:
+    """A cycle or an unknown need has no stage order, and says so instead of looping."""
+    with pytest.raises(ValueError, match="no stage order"):
+        stages_of(graph)
+
+
+@settings(max_examples=200, deadline=None)
+@given(graph=GRAPHS)
+def test_stages_property(graph: dict[str, tuple[str, ...]]) -> None:
+    """Every step appears once, after all its needs, and right after the latest of them."""
+    closed = {node: tuple(n for n in needs if n in graph) for node, needs in graph.items()}
+    assume(is_acyclic(closed))
+    grouped = stages_of(closed)
+    stage_of = {node: index for index, stage in enumerate(grouped) for node in stage}
+    assert sorted(stage_of) == sorted(closed)
+    assert sum(map(len, grouped)) == len(closed)
+    for node, needs in closed.items():
+        assert stage_of[node] == 1 + max((stage_of[need] for need in needs), default=-1)
+    for stage in grouped:
+        assert stage == sorted(stage, key=list(closed).index)

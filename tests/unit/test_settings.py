@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
-from orchestrator.settings import ConfigError, Settings, check_handlers, load_settings
+from orchestrator import invoke
+from orchestrator.settings import (
+    ConfigError,
+    Settings,
+    as_written,
+    check_handlers,
+    client_settings,
+    load_settings,
+)
 
 REPO = Path(__file__).parents[2]
 
@@ -41,6 +50,13 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.upper().startswith("ORCHESTRATOR_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def own_import_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_handlers puts directories on sys.path; each test gets the path back afterwards."""
+    monkeypatch.setattr(sys, "path", [*sys.path])
+    monkeypatch.setattr(invoke, "_import_roots", [])
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -285,3 +301,116 @@ def test_run_retention_shorter_than_a_week_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, 'retention_history = "1d"\nretention_runs = "3d"\n')
     [problem] = problems_of(path)
     assert "retention_runs: must be at least retention_history and at least 7d" in problem
+
+
+def test_handlers_import_from_the_config_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler module beside the config imports without PYTHONPATH."""
+    (tmp_path / "beside_the_config_steps.py").write_text("def run(ctx):\n    return {}\n")
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path, '[workflows.w.steps.a]\nhandler = "beside_the_config_steps:run"\n')
+    check_handlers(load_settings(path), path)
+    assert sys.path[0] == str(tmp_path.resolve())
+    assert str(REPO.resolve()) in sys.path
+
+
+def test_a_handler_module_not_found_says_where_handlers_are_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import error names the config file's directory and the working directory."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    path = write(tmp_path, '[workflows.w.steps.a]\nhandler = "not_written_yet:run"\n')
+    with pytest.raises(ConfigError) as error:
+        check_handlers(load_settings(path), path)
+    [problem] = error.value.problems
+    assert problem.startswith(f"{path}: workflows.w.steps.a.handler: cannot import module")
+    assert f"the config file's directory ({tmp_path.resolve()})" in problem
+    assert f"the working directory ({work.resolve()})" in problem
+
+
+def test_an_import_error_inside_the_module_gets_no_search_path_hint(tmp_path: Path) -> None:
+    """A module that exists but fails on its own import says that, not where modules are looked for."""
+    (tmp_path / "broken_import_steps.py").write_text("import not_installed_anywhere\n")
+    path = write(tmp_path, '[workflows.w.steps.a]\nhandler = "broken_import_steps:run"\n')
+    with pytest.raises(ConfigError) as error:
+        check_handlers(load_settings(path), path)
+    [problem] = error.value.problems
+    assert "No module named 'not_installed_anywhere'" in problem
+    assert "handlers are imported from" not in problem
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        (
+            '[services.research]\nsecret = "env:UNSET_SERVICE_SECRET"\n',
+            "services.research.secret: environment variable UNSET_SERVICE_SECRET is not set",
+        ),
+        (
+            '[services.research]\nsecrets = ["whsec_' + "A" * 24 + '", "env:UNSET_OLD"]\n',
+            "services.research.secrets.1: environment variable UNSET_OLD is not set",
+        ),
+        (
+            '[workflows.w.steps.a]\nhandler = "handlers.outreach:fetch_leads"\n'
+            '[triggers.push]\nworkflow = "w"\n'
+            'webhook = { scheme = "github", secret = "env:UNSET_GITHUB_SECRET" }\n',
+            "triggers.push.webhook.secret: environment variable UNSET_GITHUB_SECRET is not set",
+        ),
+        (
+            '[workflows.w.steps.a]\nhandler = "handlers.outreach:fetch_leads"\n'
+            '[triggers.push.webhook]\nscheme = "standard"\nsecret = "env:UNSET_STD"\n'
+            '[triggers.push]\nworkflow = "w"\n',
+            "triggers.push.webhook.secret: environment variable UNSET_STD is not set",
+        ),
+    ],
+    ids=["service-secret", "service-secrets", "github-secret", "standard-secret"],
+)
+def test_a_missing_environment_secret_is_named_as_written(
+    tmp_path: Path, config: str, field: str
+) -> None:
+    """`secret = "env:X"` is reported at `secret`, `secrets = [...]` at its index."""
+    assert problems_of(write(tmp_path, config)) == [f"{tmp_path / 'orchestrator.toml'}: {field}"]
+
+
+def test_as_written_leaves_other_locations_alone() -> None:
+    """Only a `secrets.0` that the file wrote as `secret` is renamed."""
+    data = {"services": {"a": {"secret": "x"}, "b": {"secrets": ["x"]}}}
+    assert as_written(("services", "a", "secrets", 0), data) == ("services", "a", "secret")
+    assert as_written(("services", "b", "secrets", 0), data) == ("services", "b", "secrets", 0)
+    assert as_written(("services", "c", "secrets", 0), data) == ("services", "c", "secrets", 0)
+    assert as_written(("port",), data) == ("port",)
+
+
+def test_client_settings_use_the_config_when_it_loads_and_the_environment_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client takes host, port and token from the default config if it loads, else from
+    the environment alone; a file named with --config must load."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ORCHESTRATOR_ADMIN_TOKEN", "from-env")
+    assert client_settings() == (Settings(), None)
+    (tmp_path / "config").mkdir()
+    default = tmp_path / "config" / "orchestrator.toml"
+    default.write_text("port = 9100\n")
+    settings, source = client_settings()
+    assert (settings.port, settings.admin_tokens(), source) == (
+        9100,
+        ["from-env"],
+        default.relative_to(tmp_path),
+    )
+    default.write_text("port = 'not a port'\n")
+    assert client_settings() == (Settings(), None), "a broken default is passed over"
+    with pytest.raises(ConfigError):
+        client_settings(default)
+    with pytest.raises(ConfigError):
+        client_settings(tmp_path / "missing.toml")
+    monkeypatch.setenv("ORCHESTRATOR_PORT", "many")
+    with pytest.raises(ConfigError) as error:
+        client_settings()
+    assert error.value.problems == [
+        "environment variable ORCHESTRATOR_PORT: port: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    ]
