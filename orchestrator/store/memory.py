@@ -358,7 +358,7 @@ class MemoryStore:
         after: int = 0,
         run_id: str | None = None,
         task_id: str | None = None,
-        type: str | None = None,
+        types: Sequence[str] | None = None,
         since: float | None = None,
         limit: int = 100,
     ) -> list[HistoryEntry]:
@@ -370,7 +370,7 @@ class MemoryStore:
                 (entry.id or 0) > after
                 and (run_id is None or entry.run_id == run_id)
                 and (task_id is None or entry.task_id == task_id)
-                and (type is None or entry.type == type)
+                and (types is None or entry.type in types)
                 and (since is None or entry.at >= since)
             ):
                 found.append(replace(entry, data=_json(entry.data)))

@@ -24,10 +24,11 @@ SOURCE = Path(orchestrator.__file__).parent
 # None where the function only builds, reads or copies entries whose type was scanned
 # elsewhere.
 PASS_THROUGH: dict[tuple[str, str], str | None] = {
-    ("advance.py", "note"): None,  # Outbox.note(type, ...): its callers are scanned
+    ("outbox.py", "note"): None,  # Outbox.note(type, ...): its callers are scanned
     ("callbacks.py", "_reject"): "kind",  # the callers name the rejection kind
-    ("store/sqlite.py", "history_from_row"): None,  # reads a stored entry
-    ("store/sqlite.py", "append_history"): None,  # copies the given entries with their ids
+    ("store/rows.py", "history_from_row"): None,  # reads a stored entry
+    ("store/sqlite_tx.py", "append_history"): None,  # copies the given entries with their ids
+    ("store/memory.py", "append_history"): None,  # copies the given entries with their ids
     ("client.py", "_entry"): None,  # decodes the server's JSON
 }
 
