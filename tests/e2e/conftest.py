@@ -98,6 +98,7 @@ class Orchestrator:
         self.stdout: list[str] = []
         self._printed = asyncio.Condition()
         self.logs: list[dict[str, object]] = []
+        self._logged = asyncio.Condition()
         self._readers: list[asyncio.Task[None]] = []
 
     async def start(self, *args: str, port: int = 0) -> Orchestrator:
@@ -132,7 +133,9 @@ class Orchestrator:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = {"event": "stderr", "line": line}
-            self.logs.append(record)
+            async with self._logged:
+                self.logs.append(record)
+                self._logged.notify_all()
             if record.get("event") == "server_ready" and not ready.done():
                 ready.set_result(str(record["url"]))
         if not ready.done():
@@ -155,6 +158,18 @@ class Orchestrator:
         line = found()
         assert line is not None
         return line
+
+    async def logged(self, event: str, within: float = 30.0) -> dict[str, object]:
+        """Wait until the server logs a line with this event name; returns that record."""
+
+        def found() -> dict[str, object] | None:
+            return next((record for record in self.logs if record.get("event") == event), None)
+
+        async with asyncio.timeout(within), self._logged:
+            await self._logged.wait_for(lambda: found() is not None)
+        record = found()
+        assert record is not None
+        return record
 
     @property
     def port(self) -> int:
