@@ -101,7 +101,10 @@ class Orchestrator:
         self._logged = asyncio.Condition()
         self._readers: list[asyncio.Task[None]] = []
 
-    async def start(self, *args: str, port: int = 0) -> Orchestrator:
+    async def start(
+        self, *args: str, port: int = 0, command: list[str] | None = None
+    ) -> Orchestrator:
+        """Run `orchestrator serve` on the test's config (or exactly `command`, if given)."""
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
@@ -110,11 +113,13 @@ class Orchestrator:
             "ORCHESTRATOR_LOG_FORMAT": "json",
             **self.extra_env,
         }
-        self.process = await asyncio.create_subprocess_exec(
+        argv = command or [
             sys.executable, "-m", "orchestrator", "serve", "--config", str(self.config),
             "--port", str(port), *args,
-            cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        ]  # fmt: skip
+        self.process = await asyncio.create_subprocess_exec(
+            *argv, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         assert self.process.stderr is not None
         assert self.process.stdout is not None
