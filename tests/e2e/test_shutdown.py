@@ -197,3 +197,33 @@ async def test_a_second_signal_forces_the_exit(
     await slow.close()
     await server.stop()
     assert any(record.get("event") == "shutdown_forced" for record in server.logs)
+
+
+async def test_an_open_event_stream_ends_cleanly_and_does_not_hold_the_drain(
+    tmp_path: Path, gate: Gate, orchestrators: Callable[..., Orchestrator]
+) -> None:
+    """A live SSE stream is not waited for: it ends with a complete body and exit 0 follows."""
+    config = tmp_path / "gated.toml"
+    config.write_text(CONFIG)
+    server = await orchestrators(config, ORCHESTRATOR_SHUTDOWN_GRACE="300s").start()
+    first_entry = asyncio.Event()
+    seen: list[str] = []
+
+    async def follow() -> None:
+        async with server.client() as client:
+            async for entry in client.stream(after=0):
+                seen.append(entry.type)
+                first_entry.set()
+
+    following = asyncio.create_task(follow())
+    async with server.client() as client:
+        await client.fire("gated", {"items": [0], "gate": gate.url})
+    async with asyncio.timeout(20):
+        await first_entry.wait()
+    assert await server.stop(), "exit 0 long before the 300 s grace"
+    async with asyncio.timeout(20):
+        await following  # the stream ended without a protocol error
+    complete = await server.logged("shutdown_complete")
+    assert complete["streams_ended"] == 1
+    assert complete["requests_cut_off"] == 0
+    assert seen

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
 from orchestrator.drain import Drain, DrainMiddleware
+from orchestrator.serve import MainServer
 
 SCOPE: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
 
@@ -147,3 +150,18 @@ async def test_non_http_scopes_pass_through() -> None:
     await DrainMiddleware(app, drain)({"type": "lifespan"}, no_body, Recorder())
     assert seen == ["lifespan"]
     assert drain.in_flight == 0
+
+
+def test_the_main_server_finds_the_drain_of_the_app_it_serves() -> None:
+    """MainServer serves create_app's app; any other app is refused at once, by name."""
+
+    async def ready() -> None:
+        return None
+
+    async def bare(scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="create_app"):
+        MainServer(uvicorn.Config(bare), ready)
+    drain = Drain(grace=1.0)
+    assert MainServer(uvicorn.Config(bare), ready, drain)._drain is drain

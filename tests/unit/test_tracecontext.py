@@ -295,10 +295,18 @@ def test_empty_tracestate_headers_are_accepted() -> None:
     assert parse_tracestate(["foo=1", ""]) == (("foo", "1"),)
 
 
-plain_values = st.from_regex(r"[a-z]{1,200}", fullmatch=True)
+short_values = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=40)
+long_values = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=130, max_size=200)
 
 
-@given(st.lists(st.tuples(simple_keys, plain_values), max_size=32, unique_by=lambda kv: kv[0]))
+@given(
+    st.lists(
+        st.tuples(simple_keys, short_values | long_values),
+        min_size=8,
+        max_size=32,
+        unique_by=lambda kv: kv[0],
+    )
+)
 def test_a_long_tracestate_is_cut_by_whole_members(members: list[tuple[str, str]]) -> None:
     """At most 512 characters go out: long members (over 128) first, then from the right."""
     state = tuple(members)
@@ -361,3 +369,15 @@ def test_the_headers_sent_on_carry_a_child_and_the_state_unchanged() -> None:
     assert (onward.trace_id, onward.sampled) == (TRACE, True)
     assert onward.parent_id != PARENT
     assert "tracestate" not in new_trace().headers(), "an empty tracestate is not sent"
+
+
+def test_cutting_drops_long_members_first_then_from_the_right() -> None:
+    """Two long members and 30 short ones: both long ones go, then short ones from the end."""
+    long = [(f"long{n}", "x" * 150) for n in range(2)]
+    short = [(f"k{n:02d}", "v" * 20) for n in range(30)]
+    state = (short[0], long[0], *short[1:15], long[1], *short[15:])
+    kept = parse_tracestate([format_tracestate(state)])
+    assert not set(long) & set(kept)
+    assert list(kept) == short[: len(kept)]
+    one_more = ",".join(f"{key}={value}" for key, value in (*kept, short[len(kept)]))
+    assert len(format_tracestate(state)) <= 512 < len(one_more), "as many as fit are kept"
