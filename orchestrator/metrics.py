@@ -131,11 +131,21 @@ class Metrics:
             registry=registry,
             buckets=SLOW_BUCKETS,
         )
+        # The callback path is the hot one: its labelled series are looked up once each.
+        self._callback_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def callback(self, route: str, status: int, seconds: float) -> None:
         """A signed inbound POST was answered: `route` is its template, `status` the answer."""
-        self.callbacks.labels(route, str(status)).inc()
-        self.callback_seconds.labels(route).observe(seconds)
+        children = self._callback_children.get((route, status))
+        if children is None:
+            children = (
+                self.callbacks.labels(route, str(status)),
+                self.callback_seconds.labels(route),
+            )
+            self._callback_children[(route, status)] = children
+        counted, timed = children
+        counted.inc()
+        timed.observe(seconds)
 
     def task_finished(self, workflow: str, step: str, state: str, duration: float | None) -> None:
         """A task reached a final state; `duration` is dispatch to finish, if it was dispatched."""
