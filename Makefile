@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check bench bench-quick clean help
+.PHONY: run test lint check bench bench-quick docs clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ bench: $(STAMP)  ## benchmarks up to N = 10,000; writes bench/results.json and d
 
 bench-quick: $(STAMP)  ## the same up to N = 1,000, under 2 minutes; writes bench/results-quick.json
 	$(BIN)/python -m bench.run --quick
+
+docs: $(STAMP)  ## regenerate docs/configuration.md from the settings and config models
+	$(BIN)/python -m orchestrator.configdoc > docs/configuration.md
 
 clean:  ## remove the virtualenv, caches and the demo database
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage orchestrator.db orchestrator.db-*

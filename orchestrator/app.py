@@ -17,8 +17,11 @@ from starlette.routing import Mount, Route
 
 from orchestrator import admin, callbacks, hooks
 from orchestrator.callbacks import CallbackLimits
+from orchestrator.drain import Drain, DrainMiddleware
 from orchestrator.engine import Engine
 from orchestrator.http import BearerAuth, HttpError, error_response
+from orchestrator.instrument import InboundMetrics, metrics_page
+from orchestrator.metrics import Metrics
 from orchestrator.openapi import document as openapi_document
 from orchestrator.outgoing import http_client
 from orchestrator.retention import Retention, RetentionJob
@@ -36,6 +39,10 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready while the store answers; 503 from the first moment of a graceful shutdown."""
+    drain: Drain = request.app.state.drain
+    if drain.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     engine: Engine = request.app.state.engine
     await engine.store.ping()
     return JSONResponse({"status": "ready"})
@@ -76,8 +83,11 @@ def create_app(
     """The orchestrator as an ASGI app.
 
     Once the engine is up and has recovered, each `background` coroutine is started (and
-    cancelled at shutdown) and each `on_started` callback is awaited in turn.
+    cancelled at shutdown) and each `on_started` callback is awaited in turn. The app's
+    `state.metrics` holds its figures and `state.drain` its graceful shutdown.
     """
+    metrics = Metrics()
+    drain = Drain(settings.shutdown_grace)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -96,6 +106,7 @@ def create_app(
                 handler_threads=settings.handler_threads,
                 max_running_handlers=settings.max_running_handlers,
             )
+            engine.timers.observe(metrics)
             app.state.engine = engine
             running = [asyncio.ensure_future(job(engine)) for job in background]
             try:
@@ -115,11 +126,18 @@ def create_app(
                 await asyncio.gather(*running, return_exceptions=True)
                 await engine.close()
                 await store.close()
-                log.info("shutdown_complete")
+                elapsed = drain.elapsed()
+                log.info(
+                    "shutdown_complete",
+                    seconds=None if elapsed is None else round(elapsed, 3),
+                    requests_cut_off=drain.cut_off,
+                    streams_ended=drain.streams_ended,
+                )
 
     routes: list[Any] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/admin/", dashboard, methods=["GET"]),
         Mount("/callbacks", routes=callbacks.routes),
@@ -134,6 +152,13 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HttpError: _http_error, StoreUnavailable: _store_unavailable},
+        middleware=[
+            Middleware(InboundMetrics, metrics=metrics),
+            Middleware(DrainMiddleware, drain=drain),
+        ],
     )
     app.state.callback_limits = CallbackLimits(settings.body_limit, settings.signature_tolerance)
+    app.state.metrics = metrics
+    app.state.metrics_tokens = settings.metrics_tokens()
+    app.state.drain = drain
     return app

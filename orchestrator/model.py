@@ -101,23 +101,53 @@ Quorum = Annotated[int | float, BeforeValidator(_parse_quorum)]
 class StepSpec(Spec):
     """One step of a workflow: a handler, its dependencies, fan-out, limits and join policy."""
 
-    handler: str = Field(pattern=HANDLER_PATTERN, description="import path, module:callable")
-    needs: tuple[str, ...] = ()
-    for_each: str | None = Field(default=None, description="'event.path' or 'step[.path]'")
-    timeout: Duration | None = None
-    retries: int = Field(default=0, ge=0, le=100)
-    backoff: Duration = 1.0
-    backoff_max: Duration = 300.0
-    concurrency: int | None = Field(default=None, ge=1)
-    exclusive: str | None = None
-    rate: Annotated[Rate | None, BeforeValidator(_parse_rate)] = None
-    join: Literal["all", "any"] = "all"
-    quorum: Quorum | None = None
-    on_failure: Literal["fail_fast", "collect"] = "fail_fast"
-    deadline: Duration | None = None
-    on_deadline: Literal["fail", "proceed"] = "fail"
+    handler: str = Field(
+        pattern=HANDLER_PATTERN,
+        description="module:callable; async handlers run as tasks, plain functions in a thread",
+    )
+    needs: tuple[str, ...] = Field(
+        default=(), description="steps whose barriers must open before this one starts"
+    )
+    for_each: str | None = Field(
+        default=None,
+        description="one task per list item: 'event.path', or 'step[.path]' of a step it needs",
+    )
+    timeout: Duration | None = Field(
+        default=None, description="per attempt; the timer heap times the attempt out"
+    )
+    retries: int = Field(default=0, ge=0, le=100, description="attempts after the first")
+    backoff: Duration = Field(
+        default=1.0, description="first retry delay; exponential backoff with full jitter"
+    )
+    backoff_max: Duration = Field(default=300.0, description="longest retry delay")
+    concurrency: int | None = Field(
+        default=None, ge=1, description="at most this many tasks of the step in flight, across runs"
+    )
+    exclusive: str | None = Field(
+        default=None, description="a resource name: tasks of steps naming it never overlap"
+    )
+    rate: Annotated[Rate | None, BeforeValidator(_parse_rate)] = Field(
+        default=None, description="at most this many starts per interval"
+    )
+    join: Literal["all", "any"] = Field(
+        default="all", description="the barrier opens when all tasks, or any one, succeeded"
+    )
+    quorum: Quorum | None = Field(
+        default=None, description="open after this many successes, or this share; not with join"
+    )
+    on_failure: Literal["fail_fast", "collect"] = Field(
+        default="fail_fast",
+        description="fail_fast: fail once the quorum is out of reach; collect: let all finish",
+    )
+    deadline: Duration | None = Field(
+        default=None, description="a deadline for the whole step, from when it starts"
+    )
+    on_deadline: Literal["fail", "proceed"] = Field(
+        default="fail", description="at the deadline: fail the step, or proceed with what arrived"
+    )
     service: str | None = Field(
-        default=None, description="whose secrets sign this step's callbacks"
+        default=None,
+        description="a [services.NAME]: ctx.dispatch's default URL, and secrets for callbacks",
     )
     heartbeat: Duration | None = Field(
         default=None, description="a task awaiting a callback times out when heartbeats stop"
@@ -159,8 +189,10 @@ class StepSpec(Spec):
 class WorkflowSpec(Spec):
     """A named DAG of steps."""
 
-    description: str = ""
-    steps: dict[Annotated[str, Field(pattern=NAME_PATTERN)], StepSpec] = Field(min_length=1)
+    description: str = Field(default="", description="what the workflow is for")
+    steps: dict[Annotated[str, Field(pattern=NAME_PATTERN)], StepSpec] = Field(
+        min_length=1, description="[workflows.NAME.steps.STEP] tables, at least one"
+    )
 
     @model_validator(mode="after")
     def _check_graph(self) -> Self:
@@ -293,9 +325,14 @@ class ServiceSpec(SignedBy):
     be written `env:NAME` to read it from the environment.
     """
 
-    url: str | None = None
-    description: str = ""
-    secrets: tuple[WebhookSecret, ...] = ()
+    url: str | None = Field(
+        default=None, description="where ctx.dispatch sends, for steps naming this service"
+    )
+    description: str = Field(default="", description="what the service does")
+    secrets: tuple[WebhookSecret, ...] = Field(
+        default=(),
+        description="whsec_ secrets its callbacks may be signed with (rotation: several)",
+    )
 
 
 def _resolve_plain_secret(value: object) -> object:
@@ -317,10 +354,18 @@ class WebhookSpec(SignedBy):
     (Stripe-Signature); `none` only when chosen explicitly, and warned about at start-up.
     """
 
-    scheme: Literal["standard", "github", "stripe", "none"]
-    secrets: tuple[PlainSecret, ...] = ()
-    tolerance: Duration = 300.0
-    payload_model: str | None = Field(default=None, pattern=HANDLER_PATTERN)
+    scheme: Literal["standard", "github", "stripe", "none"] = Field(
+        description="how deliveries are signed; none: unsigned, warned about at start-up"
+    )
+    secrets: tuple[PlainSecret, ...] = Field(
+        default=(), description="secrets that may sign a delivery (rotation: several)"
+    )
+    tolerance: Duration = Field(default=300.0, description="accepted clock skew of a signature")
+    payload_model: str | None = Field(
+        default=None,
+        pattern=HANDLER_PATTERN,
+        description="module:Model that validates the payload (422 otherwise)",
+    )
 
     @model_validator(mode="after")
     def _needs_a_secret(self) -> Self:
@@ -349,18 +394,31 @@ class TriggerSpec(Spec):
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
-    workflow: str
-    description: str = ""
-    payload: dict[str, Any] = Field(default_factory=dict, description="default event payload")
+    workflow: str = Field(description="the workflow each event starts")
+    description: str = Field(default="", description="what the trigger is for")
+    payload: dict[str, Any] = Field(
+        default_factory=dict, description="default event payload, merged under what is fired"
+    )
     cron: Annotated[str, StringConstraints(strip_whitespace=True)] | None = Field(
         default=None, description="five fields or @daily, @hourly, ..."
     )
-    timezone: Annotated[ZoneInfo, BeforeValidator(_zone)] = ZoneInfo("UTC")
-    on_gap: Literal["shift", "skip"] = "shift"
-    on_overlap: Literal["first", "last", "both"] = "first"
-    misfire: Literal["skip", "latest", "all"] = "latest"
-    misfire_grace: Duration = 3600.0
-    webhook: WebhookSpec | None = None
+    timezone: Annotated[ZoneInfo, BeforeValidator(_zone)] = Field(
+        default=ZoneInfo("UTC"), description="the zone the cron expression is read in"
+    )
+    on_gap: Literal["shift", "skip"] = Field(
+        default="shift",
+        description="a local time that does not exist (spring forward): shift to the change, or skip",
+    )
+    on_overlap: Literal["first", "last", "both"] = Field(
+        default="first", description="a local time that happens twice (fall back): which fires"
+    )
+    misfire: Literal["skip", "latest", "all"] = Field(
+        default="latest", description="after downtime: which missed fires (within the grace) fire"
+    )
+    misfire_grace: Duration = Field(default=3600.0, description="how far back a missed fire counts")
+    webhook: WebhookSpec | None = Field(
+        default=None, description="fire by signed POST /hooks/NAME: a [triggers.NAME.webhook] table"
+    )
 
     @model_validator(mode="after")
     def _check_kind(self) -> Self:

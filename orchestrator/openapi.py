@@ -71,8 +71,20 @@ PATHS: dict[str, dict[str, Any]] = {
     "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(OBJECT, "alive")}}},
     "/readyz": {
         "get": {
-            "summary": "Readiness: the store answers",
-            "responses": {"200": _json(OBJECT, "ready"), "503": _error("store unavailable")},
+            "summary": "Readiness: the store answers, and no graceful shutdown has begun",
+            "responses": {
+                "200": _json(OBJECT, "ready"),
+                "503": _error("store unavailable, or draining for shutdown"),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (text format); a bearer token if metrics_token is set",
+            "responses": {
+                "200": {"description": "text/plain", "content": {"text/plain": {}}},
+                "401": _error("metrics_token is set and the request does not carry it"),
+            },
         }
     },
     "/admin/": {

@@ -3,7 +3,8 @@
 The socket is bound before uvicorn starts, so `--port 0` works and the real address is
 known (and logged in `server_ready`) before the first request. A sidecar is another ASGI
 app served in the same process at the address of a configured service: how the demo runs
-its simulated research service, and handy for local development.
+its simulated research service, and handy for local development. SIGTERM drains the main
+server (`orchestrator.drain`) before uvicorn shuts it down.
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 import uvicorn
 
+from orchestrator.drain import Drain
 from orchestrator.settings import ConfigError, Settings
+
+log = structlog.get_logger("orchestrator.serve")
+
+# uvicorn's own wait for connections to close, after the drain has done the real waiting.
+UVICORN_GRACE = 1
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -78,40 +86,78 @@ class SidecarServer(uvicorn.Server):
 
 
 class MainServer(SidecarServer):
-    """uvicorn's server, calling `on_ready` once it accepts connections; `run` owns signals."""
+    """uvicorn's server for the app `create_app` made: calls `on_ready` once it accepts
+    connections, and drains before it shuts down. `run` owns the signals."""
 
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_ready: Callable[[], Awaitable[None]],
+        drain: Drain | None = None,
+    ) -> None:
         super().__init__(config)
         self._on_ready = on_ready
+        self._drain = drain if drain is not None else _drain_of(config.app)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
             await self._on_ready()
 
+    async def drain(self) -> None:
+        """Readiness 503, stop accepting, let requests already received finish (at most the
+        grace period), cut off the rest. uvicorn's shutdown follows."""
+        self._drain.begin()
+        for server in getattr(self, "servers", ()):  # set by startup; absent before it
+            server.close()
+        await self._drain.finish()
+
+
+def _drain_of(app: Any) -> Drain:
+    drain = getattr(getattr(app, "state", None), "drain", None)
+    if not isinstance(drain, Drain):
+        raise TypeError("MainServer serves an app made by orchestrator.app.create_app")
+    return drain
+
 
 def uvicorn_config(app: Any) -> uvicorn.Config:
     return uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=3
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=UVICORN_GRACE,
     )
 
 
 def run(main: MainServer, sock: socket.socket, sidecars: list[Sidecar]) -> None:
-    """Serve until SIGINT or SIGTERM, then shut every server down gracefully and return.
+    """Serve until SIGINT or SIGTERM, then drain, shut every server down and return.
 
     The signals are handled here rather than by each uvicorn server, so that Ctrl-C stops
-    the sidecars too and ends in a clean exit instead of a re-raised KeyboardInterrupt. A
-    second signal forces the exit.
+    the sidecars too and ends in a clean exit instead of a re-raised KeyboardInterrupt. The
+    first signal starts the drain; a second one forces the exit at once.
     """
 
     async def serve() -> None:
         side = [SidecarServer(uvicorn_config(car.app)) for car in sidecars]
         servers: list[uvicorn.Server] = [main, *side]
+        draining: list[asyncio.Future[None]] = []
+
+        async def drain_then_stop() -> None:
+            try:
+                await main.drain()
+            finally:
+                for server in servers:
+                    server.should_exit = True
 
         def stop() -> None:
+            if not draining:
+                draining.append(asyncio.ensure_future(drain_then_stop()))
+                return
+            log.warning("shutdown_forced")
+            draining[0].cancel()
             for server in servers:
-                server.force_exit = server.should_exit
-                server.should_exit = True
+                server.should_exit = server.force_exit = True
 
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -37,7 +37,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    database_url: str = "sqlite:///orchestrator.db"
+    database_url: str = Field(
+        default="sqlite:///orchestrator.db",
+        description="the store: sqlite:///PATH (relative) or sqlite:////PATH (absolute)",
+    )
     public_url: str | None = Field(
         default=None,
         description="how external services reach this server; default: the address it binds",
@@ -60,20 +63,41 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token(s) for /admin; several, comma-separated, rotate"
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "json", "console"] = "auto"
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token(s) for /metrics, comma-separated; unset: /metrics is open",
+    )
+    host: str = Field(default="127.0.0.1", description="address to bind; --host overrides it")
+    port: int = Field(default=8000, ge=0, le=65535, description="port to bind; 0 picks a free one")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="least severe log line written"
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: JSON lines unless stderr is a terminal"
+    )
+    shutdown_grace: Duration = Field(
+        default=10.0,
+        description="on SIGTERM, how long requests already received may take before they are cut off",
+    )
     handler_threads: int = Field(default=32, ge=1, description="worker threads for sync handlers")
     max_running_handlers: int = Field(
         default=1024,
         ge=1,
         description="handler invocations running at once; more ready tasks wait their turn",
     )
-    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
-    services: dict[str, ServiceSpec] = Field(default_factory=dict)
-    workflows: dict[str, WorkflowSpec] = Field(default_factory=dict)
-    triggers: dict[str, TriggerSpec] = Field(default_factory=dict)
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="FULL: a commit survives power loss; NORMAL: it survives a process crash",
+    )
+    services: dict[str, ServiceSpec] = Field(
+        default_factory=dict, description="[services.NAME] tables: external services"
+    )
+    workflows: dict[str, WorkflowSpec] = Field(
+        default_factory=dict, description="[workflows.NAME] tables: named DAGs of steps"
+    )
+    triggers: dict[str, TriggerSpec] = Field(
+        default_factory=dict, description="[triggers.NAME] tables: sources of events"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -120,13 +144,17 @@ class Settings(BaseSettings):
         return self
 
     def admin_tokens(self) -> list[str]:
-        if self.admin_token is None:
-            return []
-        return [
-            token.strip()
-            for token in self.admin_token.get_secret_value().split(",")
-            if token.strip()
-        ]
+        return _tokens(self.admin_token)
+
+    def metrics_tokens(self) -> list[str]:
+        return _tokens(self.metrics_token)
+
+
+def _tokens(secret: SecretStr | None) -> list[str]:
+    """The comma-separated tokens of a setting (several, so they can be rotated)."""
+    if secret is None:
+        return []
+    return [token.strip() for token in secret.get_secret_value().split(",") if token.strip()]
 
 
 def config_path(path: str | Path | None = None) -> Path:

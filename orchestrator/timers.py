@@ -28,6 +28,22 @@ class Clock(Protocol):
         """Seconds since the epoch, UTC."""
 
 
+class TimerObserver(Protocol):
+    """Told of each entry scheduled and each wake-up (`orchestrator.metrics.Metrics` is one)."""
+
+    def timer_armed(self) -> None: ...
+
+    def timer_woke(self) -> None: ...
+
+
+class _Unobserved:
+    def timer_armed(self) -> None:
+        pass
+
+    def timer_woke(self) -> None:
+        pass
+
+
 @dataclass(order=True, slots=True)
 class _Entry:
     due: float
@@ -50,6 +66,11 @@ class TimerHeap:
         self._running: set[asyncio.Task[None]] = set()
         self._closed = False
         self._stale = 0
+        self._observer: TimerObserver = _Unobserved()
+
+    def observe(self, observer: TimerObserver) -> None:
+        """Report every entry scheduled and every wake-up to `observer` from now on."""
+        self._observer = observer
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -60,6 +81,7 @@ class TimerHeap:
 
     def schedule(self, key: Hashable, due: float, callback: TimerCallback) -> None:
         """Run `callback` at `due` (epoch seconds), replacing any entry under `key`."""
+        self._observer.timer_armed()
         self._schedule_only(key, due, callback)
         if self._armed_due is None or due < self._armed_due:
             self._arm()
@@ -112,6 +134,7 @@ class TimerHeap:
         self._armed = loop.call_at(loop.time() + max(0.0, due - self._clock()), self._fire)
 
     def _fire(self) -> None:
+        self._observer.timer_woke()
         self._armed = self._armed_due = None
         for key, callback in self.pop_due(self._clock()):
             task = asyncio.get_running_loop().create_task(self._run(key, callback))

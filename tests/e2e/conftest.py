@@ -98,9 +98,13 @@ class Orchestrator:
         self.stdout: list[str] = []
         self._printed = asyncio.Condition()
         self.logs: list[dict[str, object]] = []
+        self._logged = asyncio.Condition()
         self._readers: list[asyncio.Task[None]] = []
 
-    async def start(self, *args: str, port: int = 0) -> Orchestrator:
+    async def start(
+        self, *args: str, port: int = 0, command: list[str] | None = None
+    ) -> Orchestrator:
+        """Run `orchestrator serve` on the test's config (or exactly `command`, if given)."""
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
@@ -109,11 +113,13 @@ class Orchestrator:
             "ORCHESTRATOR_LOG_FORMAT": "json",
             **self.extra_env,
         }
-        self.process = await asyncio.create_subprocess_exec(
+        argv = command or [
             sys.executable, "-m", "orchestrator", "serve", "--config", str(self.config),
             "--port", str(port), *args,
-            cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        ]  # fmt: skip
+        self.process = await asyncio.create_subprocess_exec(
+            *argv, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         assert self.process.stderr is not None
         assert self.process.stdout is not None
@@ -132,7 +138,9 @@ class Orchestrator:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = {"event": "stderr", "line": line}
-            self.logs.append(record)
+            async with self._logged:
+                self.logs.append(record)
+                self._logged.notify_all()
             if record.get("event") == "server_ready" and not ready.done():
                 ready.set_result(str(record["url"]))
         if not ready.done():
@@ -155,6 +163,18 @@ class Orchestrator:
         line = found()
         assert line is not None
         return line
+
+    async def logged(self, event: str, within: float = 30.0) -> dict[str, object]:
+        """Wait until the server logs a line with this event name; returns that record."""
+
+        def found() -> dict[str, object] | None:
+            return next((record for record in self.logs if record.get("event") == event), None)
+
+        async with asyncio.timeout(within), self._logged:
+            await self._logged.wait_for(lambda: found() is not None)
+        record = found()
+        assert record is not None
+        return record
 
     @property
     def port(self) -> int:
