@@ -110,6 +110,7 @@ INSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO 
 INSERT_HISTORY = """
     INSERT INTO history (at, type, run_id, task_id, step, data) VALUES (?, ?, ?, ?, ?, ?)
 """
+INSERT_HISTORY_RETURNING = INSERT_HISTORY.rstrip() + " RETURNING id"
 SELECT_LAST_ID = "SELECT last_insert_rowid()"
 
 
@@ -354,6 +355,9 @@ class SqliteTx:
         ]
 
         def insert() -> int:
+            if len(rows) == 1:  # one statement for one entry
+                (first,) = self._conn.execute(INSERT_HISTORY_RETURNING, rows[0]).fetchone()
+                return int(first)
             self._conn.executemany(INSERT_HISTORY, rows)
             # This transaction holds SQLite's one write lock, so AUTOINCREMENT gave the batch
             # consecutive ids ending at last_insert_rowid(): two statements for any batch.
