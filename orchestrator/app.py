@@ -105,8 +105,8 @@ def create_app(
                 callback_key=key.get_secret_value().encode() if key else None,
                 handler_threads=settings.handler_threads,
                 max_running_handlers=settings.max_running_handlers,
+                metrics=metrics,
             )
-            engine.timers.observe(metrics)
             app.state.engine = engine
             running = [asyncio.ensure_future(job(engine)) for job in background]
             try:

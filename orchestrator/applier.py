@@ -10,7 +10,8 @@ tasks to the dispatcher. A transaction that raises leaves nothing to undo.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
 import structlog
@@ -47,6 +48,10 @@ class HandlerRunner(Protocol):
     def interrupt(self, task_ids: list[str]) -> None: ...
 
 
+class Figures(Protocol):
+    def committed(self, entries: Iterable[HistoryEntry], seconds: float) -> None: ...
+
+
 class ReadyQueue(Protocol):
     def offer(self, ready: list[Ready]) -> None: ...
 
@@ -70,6 +75,7 @@ class Applier:
         self.deadlines: DeadlineKeeper | None = None
         self.launcher: HandlerRunner | None = None
         self.dispatcher: ReadyQueue | None = None
+        self.figures: Figures | None = None
 
     def connect(
         self, deadlines: DeadlineKeeper, launcher: HandlerRunner, dispatcher: ReadyQueue
@@ -84,10 +90,13 @@ class Applier:
 
         `now` is the time the work happens at (default: when the transaction starts).
         """
+        started = time.perf_counter()
         async with self.store.transaction() as tx:
             advance = Advance(tx, self.clock() if now is None else now, self.rng, self.specs)
             result = await work(advance)
             entries = await tx.append_history(advance.outbox.history)
+        if self.figures is not None:
+            self.figures.committed(entries, time.perf_counter() - started)
         self.apply(advance.outbox, entries)
         return result
 

@@ -32,7 +32,9 @@ from orchestrator.dispatch import MAX_RUNNING_HANDLERS, Dispatcher
 from orchestrator.firing import Fired, Firing, RunStateError, UnknownTarget
 from orchestrator.invoke import Handler, Handoff, Invocation, Redispatch
 from orchestrator.launcher import Contexts, Launcher
+from orchestrator.metrics import Metrics
 from orchestrator.model import ServiceSpec, TriggerSpec, WorkflowSpec
+from orchestrator.observe import EngineFigures
 from orchestrator.outbox import Ready
 from orchestrator.records import HistoryEntry, Task
 from orchestrator.recovery import recover
@@ -63,6 +65,7 @@ class Engine:
         max_running_handlers: int = MAX_RUNNING_HANDLERS,
         deadline_window: float = WINDOW,
         bus: HistoryBus | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.workflows = dict(workflows)
@@ -97,6 +100,12 @@ class Engine:
         )  # fmt: skip
         self.applier.connect(self.deadlines, self.launcher, self.dispatcher)
         self.firing = Firing(self.applier, store, self.workflows, self.triggers)
+        if metrics is not None:
+            self.timers.observe(metrics)
+            self.applier.figures = EngineFigures(
+                metrics, self.specs, pending=lambda: self.dispatcher.waiting,
+                running=lambda: self.launcher.running,
+            )  # fmt: skip
 
     # -- handlers' results -----------------------------------------------------------------
 

@@ -92,13 +92,13 @@ class Metrics:
         )
         self.tasks_pending = Gauge(
             "tasks_pending",
-            "Tasks waiting to start (limits, backoff, the running cap).",
+            "Ready tasks this process holds waiting to start (limits, the running-handler cap).",
             namespace=NAMESPACE,
             registry=registry,
         )
         self.tasks_running = Gauge(
             "tasks_running",
-            "Tasks dispatched and not yet finished (handlers running or awaiting callbacks).",
+            "Handler invocations running in this process (tasks awaiting callbacks run nowhere).",
             namespace=NAMESPACE,
             registry=registry,
         )
@@ -126,7 +126,7 @@ class Metrics:
         )
         self.task_duration_seconds = Histogram(
             "task_duration_seconds",
-            "Time from a task's dispatch to its final state.",
+            "Time a task ran: from its start to its final state (its wait to start apart).",
             namespace=NAMESPACE,
             registry=registry,
             buckets=SLOW_BUCKETS,
@@ -169,11 +169,6 @@ class Metrics:
     def store_transaction(self, seconds: float) -> None:
         self.store_transactions.inc()
         self.store_transaction_seconds.observe(seconds)
-
-    def task_counts(self, *, pending: int, running: int) -> None:
-        """The current number of pending and running tasks (set, not counted)."""
-        self.tasks_pending.set(pending)
-        self.tasks_running.set(running)
 
     def timer_armed(self) -> None:
         self.timers_armed.inc()

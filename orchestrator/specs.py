@@ -49,6 +49,10 @@ class SpecCache:
     def __len__(self) -> int:
         return len(self._runs)
 
+    def peek(self, run_id: str) -> RunInfo | None:
+        """The run's facts if cached, without counting it as a use."""
+        return self._runs.get(run_id)
+
     def info(self, run: Run, spec: WorkflowSpec | None = None) -> RunInfo:
         """The run's facts, cached; `spec` spares parsing when the caller has it already."""
         info = self._runs.get(run.id)

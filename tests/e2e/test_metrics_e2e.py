@@ -1,4 +1,5 @@
-"""/metrics of the real server after a run: callbacks counted, timers fired, no status checks."""
+"""/metrics of the real server after a run: its tasks, barriers, dispatches and callbacks
+counted, timers fired, no status checks."""
 
 from __future__ import annotations
 
@@ -65,4 +66,23 @@ async def test_a_run_shows_in_metrics_with_callbacks_wakeups_and_no_status_check
     assert samples[("orchestrator_status_checks_total", ())] == 0.0
     assert samples[("orchestrator_wakeups_total", ())] >= 1.0  # the step deadline fired
     assert samples[("orchestrator_timers_armed_total", ())] >= 1.0
+    finished = {
+        labels: count
+        for (name, labels), count in samples.items()
+        if name == "orchestrator_tasks_finished_total"
+    }
+    assert finished == {
+        (("state", "succeeded"), ("step", "look"), ("workflow", "metered")): 5.0,
+        (("state", "cancelled"), ("step", "slow"), ("workflow", "metered")): 1.0,
+        (("state", "succeeded"), ("step", "done"), ("workflow", "metered")): 1.0,
+    }
+    opened = {
+        dict(labels)["step"]
+        for (name, labels), count in samples.items()
+        if name == "orchestrator_barrier_openings_total" and count == 1.0
+    }
+    assert opened == {"look", "slow", "done"}
+    assert samples[("orchestrator_dispatches_total", (("result", "started"),))] == 7.0
+    assert samples[("orchestrator_join_latency_seconds_count", ())] == 1.0, "done waited on both"
+    assert samples[("orchestrator_store_transactions_total", ())] >= 3.0
     assert await server.stop()

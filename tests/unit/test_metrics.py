@@ -76,7 +76,7 @@ def test_task_finished_counts_by_workflow_step_state_and_observes_duration() -> 
 
 
 def test_engine_methods_move_their_own_series() -> None:
-    """Dispatches, retries, barriers, joins, transactions and task counts each land where named."""
+    """Dispatches, retries, barriers, joins and transactions each land where named."""
     metrics = Metrics()
     metrics.dispatched("started", count=30)
     metrics.dispatched("failed")
@@ -85,8 +85,6 @@ def test_engine_methods_move_their_own_series() -> None:
     metrics.joined(0.004)
     metrics.store_transaction(0.001)
     metrics.store_transaction(0.002)
-    metrics.task_counts(pending=7, running=3)
-    metrics.task_counts(pending=5, running=4)
     assert value(metrics, "orchestrator_dispatches_total", result="started") == 30.0
     assert value(metrics, "orchestrator_dispatches_total", result="failed") == 1.0
     assert value(metrics, "orchestrator_dispatch_retries_total") == 1.0
@@ -96,8 +94,6 @@ def test_engine_methods_move_their_own_series() -> None:
     assert value(metrics, "orchestrator_join_latency_seconds_count") == 1.0
     assert value(metrics, "orchestrator_store_transactions_total") == 2.0
     assert value(metrics, "orchestrator_store_transaction_seconds_count") == 2.0
-    assert value(metrics, "orchestrator_tasks_pending") == 5.0
-    assert value(metrics, "orchestrator_tasks_running") == 4.0
     assert value(metrics, "orchestrator_status_checks_total") == 0.0
 
 
