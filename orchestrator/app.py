@@ -11,14 +11,15 @@ from typing import Any
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from orchestrator import admin, callbacks, hooks
 from orchestrator.callbacks import CallbackLimits
 from orchestrator.engine import Engine
-from orchestrator.http import BearerAuth, HttpError, error_response
+from orchestrator.http import BearerAuth, HttpError, error_response, route_template
+from orchestrator.invoke import sync_steps_with_timeout
 from orchestrator.openapi import document as openapi_document
 from orchestrator.outgoing import http_client
 from orchestrator.retention import Retention, RetentionJob
@@ -58,6 +59,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return exc.response()
 
 
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    """The client hung up before its body arrived: one line in the log, nothing stored.
+
+    The answer goes nowhere (the server drops what is sent to a closed connection); it
+    exists so that Starlette does not treat the disconnect as a server error.
+    """
+    log.info("client_disconnected", route=route_template(request), method=request.method)
+    return Response(status_code=400)
+
+
 async def _store_unavailable(request: Request, exc: Exception) -> Response:
     return error_response(
         503,
@@ -65,6 +76,25 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
         "the store is busy or unavailable; try again",
         {"Retry-After": "1"},
     )
+
+
+def _warn_about(settings: Settings, engine: Engine) -> None:
+    """Configurations that work but may not do what their author expects."""
+    for name, trigger in settings.triggers.items():
+        if trigger.webhook is not None and trigger.webhook.scheme == "none":
+            log.warning("webhook_unsigned", trigger=name, hint="anyone can fire it")
+    found = sync_steps_with_timeout(settings.workflows, engine.dispatcher.handler)
+    for workflow, step, handler, timeout in found:
+        log.warning(
+            "sync_handler_timeout",
+            workflow=workflow,
+            step=step,
+            handler=handler,
+            timeout=timeout,
+            hint="a plain function runs in a thread that cannot be stopped: at the timeout "
+            "the task fails and ctx.cancelled is set, but the thread runs on until the "
+            "function returns; check ctx.cancelled, or make the handler async",
+        )
 
 
 def create_app(
@@ -100,9 +130,7 @@ def create_app(
             running = [asyncio.ensure_future(job(engine)) for job in background]
             try:
                 await engine.recover()
-                for name, trigger in settings.triggers.items():
-                    if trigger.webhook is not None and trigger.webhook.scheme == "none":
-                        log.warning("webhook_unsigned", trigger=name, hint="anyone can fire it")
+                _warn_about(settings, engine)
                 await CronScheduler(engine, settings.triggers).start()
                 retention = Retention(settings.retention_history, settings.retention_runs)
                 RetentionJob(engine, retention).arm(delay=60.0)
@@ -133,7 +161,11 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HttpError: _http_error, StoreUnavailable: _store_unavailable},
+        exception_handlers={
+            HttpError: _http_error,
+            StoreUnavailable: _store_unavailable,
+            ClientDisconnect: _client_disconnected,
+        },
     )
     app.state.callback_limits = CallbackLimits(settings.body_limit, settings.signature_tolerance)
     return app

@@ -8,8 +8,8 @@ import email.utils
 import functools
 import importlib
 import inspect
-import json
 import re
+import threading
 import time
 import types
 import typing
@@ -24,7 +24,8 @@ import pydantic
 import pydantic_core
 
 from orchestrator.durations import parse_duration
-from orchestrator.model import ServiceSpec
+from orchestrator.jsonread import JsonRejected, check_strict
+from orchestrator.model import ServiceSpec, WorkflowSpec
 from orchestrator.states import Outcome
 
 T = TypeVar("T")
@@ -85,7 +86,15 @@ class DispatchError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a handler knows about its invocation; the first argument of every handler."""
+    """What a handler knows about its invocation; the first argument of every handler.
+
+    `cancelled` is set when this attempt is interrupted: it timed out, its run was
+    cancelled, its barrier no longer needs it, or the server is shutting down. An async
+    handler is cancelled outright; a plain function runs in a thread, which nothing can
+    stop from outside, so a long one should check it (`ctx.cancelled.is_set()`) or wait on
+    it instead of sleeping (`ctx.cancelled.wait(5)`) and return once it is set. Whatever it
+    returns after that is ignored.
+    """
 
     run_id: str
     task_id: str
@@ -99,6 +108,7 @@ class Context:
     callback_url: str = field(default="", repr=False)  # a capability: kept out of reprs and logs
     callback_secret: str = field(default="", repr=False)
     service: ServiceSpec | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -245,9 +255,11 @@ class Handler:
             except pydantic_core.PydanticSerializationError as error:
                 raise ValueError(f"output is not JSON serializable: {error}") from None
         try:
-            json.dumps(value)
-        except (TypeError, ValueError) as error:
+            check_strict(value)
+        except TypeError as error:
             raise ValueError(f"output is not JSON serializable: {error}") from None
+        except JsonRejected as error:
+            raise ValueError(f"output is not strict JSON ({error.error}): {error}") from None
         return value
 
 
@@ -297,6 +309,25 @@ def _declared_outputs(function: Callable[..., Any]) -> tuple[Any, Any]:
     return local_type, callback_type
 
 
+def sync_steps_with_timeout(
+    workflows: Mapping[str, WorkflowSpec], load: Callable[[str], Handler]
+) -> list[tuple[str, str, str, float]]:
+    """(workflow, step, handler, timeout) of every step whose plain-function handler has a
+    timeout: a thread cannot be stopped, so its timeout only stops the waiting for it."""
+    found = []
+    for workflow_name, workflow in workflows.items():
+        for step_name, step in workflow.steps.items():
+            if step.timeout is None:
+                continue
+            try:
+                handler = load(step.handler)
+            except HandlerImportError:
+                continue  # reported where it matters: `orchestrator check`, and the task itself
+            if not handler.is_async:
+                found.append((workflow_name, step_name, step.handler, step.timeout))
+    return found
+
+
 def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
@@ -316,6 +347,7 @@ async def invoke(
             return Handoff(value.timeout, value.heartbeat)
         output = handler.check_output(value)
     except asyncio.CancelledError:
+        ctx.cancelled.set()  # a handler's thread runs on: this tells it to stop
         raise
     except DispatchError as error:
         return Redispatch(str(error), error.retry_after)
