@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -57,6 +58,17 @@ async def openapi(request: Request) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HttpError)  # noqa: S101 - registered for HttpError only
     return exc.response()
+
+
+ROUTING_ERRORS = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 (no route matched) as JSON errors like every other answer."""
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for it only
+    error = ROUTING_ERRORS.get(exc.status_code, "http_error")
+    detail = "no route matches this path" if exc.status_code == 404 else str(exc.detail)
+    return error_response(exc.status_code, error, detail, dict(exc.headers or {}))
 
 
 async def _client_disconnected(request: Request, exc: Exception) -> Response:
@@ -165,6 +177,7 @@ def create_app(
             HttpError: _http_error,
             StoreUnavailable: _store_unavailable,
             ClientDisconnect: _client_disconnected,
+            StarletteHTTPException: _routing_error,
         },
     )
     app.state.callback_limits = CallbackLimits(settings.body_limit, settings.signature_tolerance)
