@@ -142,26 +142,42 @@ _DECODER = json.JSONDecoder(
 
 
 def _check_walk(value: Any, text: str) -> None:
-    """Depth and lone surrogates, in one walk, when the text could break either limit."""
-    deep = text.count("[") + text.count("{") > MAX_DEPTH
-    surrogates = _SURROGATE_ESCAPE.search(text) is not None
-    if not deep and not surrogates:
-        return
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    """Depth and lone surrogates, each walked only when the text could break that limit."""
+    if text.count("[") + text.count("{") > MAX_DEPTH and _nested_too_deep(value):
+        raise _too_deep()
+    if _SURROGATE_ESCAPE.search(text) is not None and _holds_lone_surrogate(value):
+        raise _lone_surrogate()
+
+
+def _nested_too_deep(value: Any) -> bool:
+    """Level by level, containers only: a wide body costs one visit per array and object."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(MAX_DEPTH):
+        below: list[Any] = []
+        for container in level:
+            for item in container.values() if type(container) is dict else container:
+                if type(item) is dict or type(item) is list:  # what the decoder builds
+                    below.append(item)
+        if not below:
+            return False
+        level = below
+    return True
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    stack = [value]
     while stack:
-        item, depth = stack.pop()
+        item = stack.pop()
         if isinstance(item, str):
-            if surrogates and _SURROGATE.search(item):
-                raise _lone_surrogate()
-        elif isinstance(item, dict | list):
-            if depth >= MAX_DEPTH:
-                raise _too_deep()
-            if isinstance(item, dict):
-                if surrogates and any(_SURROGATE.search(key) for key in item):
-                    raise _lone_surrogate()
-                stack.extend((child, depth + 1) for child in item.values())
-            else:
-                stack.extend((child, depth + 1) for child in item)
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            if any(_SURROGATE.search(key) for key in item):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _lone_surrogate() -> JsonRejected:
