@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from typing import Any
 
 MAX_DEPTH = 64
@@ -118,13 +119,11 @@ def _parse_float(text: str) -> float:
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     value = dict(pairs)
     if len(value) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise JsonRejected(
-                    "json_duplicate_key", f"the key {_shown(key)} appears twice in one object"
-                )
-            seen.add(key)
+        counts = Counter(key for key, _ in pairs)
+        key = next(key for key, count in counts.items() if count > 1)
+        raise JsonRejected(
+            "json_duplicate_key", f"the key {_shown(key)} appears twice in one object"
+        )
     return value
 
 

@@ -110,3 +110,12 @@ async def test_a_valid_callback_at_the_limits_is_accepted(
     for _ in range(60):
         (value,) = value
     assert value == int("1" * 100)
+
+
+async def test_routing_misses_are_json_errors_too(client: httpx.AsyncClient) -> None:
+    """A path no route matches is a JSON 404, a method a route lacks a JSON 405."""
+    missing = await client.post("/hooks/a%0Ab")  # a newline: no {trigger} matches it
+    assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+    wrong = await client.delete("/healthz")
+    assert (wrong.status_code, wrong.json()["error"]) == (405, "method_not_allowed")
+    assert wrong.headers["allow"]

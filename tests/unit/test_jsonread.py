@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from starlette.requests import Request
 
-from orchestrator.http import TolerantJSONResponse, dumps_tolerant, presentable
+from orchestrator.http import TolerantJSONResponse, dumps_tolerant, presentable, route_template
 from orchestrator.invoke import Context, Handler, HandlerResult, invoke, load_handler
 from orchestrator.jsonread import MAX_DEPTH, JsonRejected, check_strict, read_json
 from orchestrator.states import Outcome
@@ -97,6 +98,22 @@ def test_check_strict_refuses_what_json_could_not_read_back(value: Any, error: s
     with pytest.raises(JsonRejected) as refused:
         check_strict(value)
     assert refused.value.error == error
+
+
+def test_check_strict_refuses_a_value_that_contains_itself() -> None:
+    """A list that contains itself has no JSON text: malformed_json, not a crash."""
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(JsonRejected) as refused:
+        check_strict(looped)
+    assert refused.value.error == "malformed_json"
+
+
+def test_a_request_outside_any_route_is_logged_as_unmatched() -> None:
+    """route_template names the declared route, and says so when none matched."""
+    assert (
+        route_template(Request({"type": "http", "path": "/x" * 1000, "headers": []})) == "unmatched"
+    )
 
 
 def test_check_strict_refuses_nesting_past_the_limit_and_past_the_stack() -> None:
