@@ -21,7 +21,7 @@ run: $(STAMP)  ## start the orchestrator on SQLite and fire the example morning 
 test: $(STAMP)  ## run the whole test suite with branch coverage
 	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
 
-test-all: $(STAMP)  ## the suite with the fuzz tests at full strength (HYPOTHESIS_PROFILE=long, ~15 min)
+test-all: $(STAMP)  ## the suite with the fuzz tests at full strength (HYPOTHESIS_PROFILE=long, ~10 min)
 	HYPOTHESIS_PROFILE=long $(BIN)/pytest
 
 lint: $(STAMP)  ## ruff (lint and format) and mypy --strict
