@@ -92,6 +92,7 @@ def in_process_settings(tmp_path: Path) -> Settings:
 async def served(tmp_path: Path) -> AsyncIterator[tuple[Starlette, int, LogWatch]]:
     """The app under a real uvicorn on a loopback port, its structlog entries watched."""
     watch = LogWatch()
+    before = structlog.get_config()
     structlog.configure(processors=[watch])
     app = create_app(in_process_settings(tmp_path))
     sock = bound_socket()  # listening already: a client may connect before serve() runs
@@ -106,7 +107,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Starlette, int, LogWatch
             await task
     finally:
         sock.close()
-        structlog.reset_defaults()
+        structlog.configure(**before)
 
 
 async def test_a_cut_short_hook_upload_is_one_info_line_without_traceback(
