@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check bench bench-quick docs clean help
+.PHONY: run test test-all lint check bench bench-quick docs clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ run: $(STAMP)  ## start the orchestrator on SQLite and fire the example morning 
 
 test: $(STAMP)  ## run the whole test suite with branch coverage
 	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
+
+test-all: $(STAMP)  ## the suite with the fuzz tests at full strength (HYPOTHESIS_PROFILE=long, ~10 min)
+	HYPOTHESIS_PROFILE=long $(BIN)/pytest
 
 lint: $(STAMP)  ## ruff (lint and format) and mypy --strict
 	$(BIN)/ruff check .

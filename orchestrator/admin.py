@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from orchestrator.barrier import Barrier
 from orchestrator.cron import fires_after
 from orchestrator.engine import Engine, Fired, RunStateError, UnknownTarget
 from orchestrator.history_types import UnknownHistoryType, parse_types
-from orchestrator.http import HttpError, parse_json_object, read_body
+from orchestrator.http import HttpError, dumps_tolerant, parse_json_object, read_body
+from orchestrator.http import TolerantJSONResponse as JSONResponse  # renders old stored data
 from orchestrator.model import TriggerSpec
 from orchestrator.records import HistoryEntry, Run, Task
 from orchestrator.scheduler import fire_key, schedule_of
@@ -233,7 +233,7 @@ async def _backlog(store: Store, after: int, run_id: str | None) -> AsyncIterato
 
 
 def _sse(entry: HistoryEntry) -> str:
-    return f"id: {entry.id}\nevent: {entry.type}\ndata: {json.dumps(entry.to_json())}\n\n"
+    return f"id: {entry.id}\nevent: {entry.type}\ndata: {dumps_tolerant(entry.to_json())}\n\n"
 
 
 def run_json(run: Run) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from typing import Any
 
 import structlog
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 
@@ -19,8 +20,9 @@ from orchestrator import admin, callbacks, hooks
 from orchestrator.callbacks import CallbackLimits
 from orchestrator.drain import Drain, DrainMiddleware
 from orchestrator.engine import Engine
-from orchestrator.http import BearerAuth, HttpError, error_response
+from orchestrator.http import BearerAuth, HttpError, error_response, route_template
 from orchestrator.instrument import InboundMetrics, metrics_page
+from orchestrator.invoke import sync_steps_with_timeout
 from orchestrator.metrics import Metrics
 from orchestrator.openapi import document as openapi_document
 from orchestrator.outgoing import http_client
@@ -65,6 +67,27 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return exc.response()
 
 
+ROUTING_ERRORS = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 (no route matched) as JSON errors like every other answer."""
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for it only
+    error = ROUTING_ERRORS.get(exc.status_code, "http_error")
+    detail = "no route matches this path" if exc.status_code == 404 else str(exc.detail)
+    return error_response(exc.status_code, error, detail, dict(exc.headers or {}))
+
+
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    """The client hung up before its body arrived: one line in the log, nothing stored.
+
+    The answer goes nowhere (the server drops what is sent to a closed connection); it
+    exists so that Starlette does not treat the disconnect as a server error.
+    """
+    log.info("client_disconnected", route=route_template(request), method=request.method)
+    return Response(status_code=400)
+
+
 async def _store_unavailable(request: Request, exc: Exception) -> Response:
     return error_response(
         503,
@@ -72,6 +95,25 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
         "the store is busy or unavailable; try again",
         {"Retry-After": "1"},
     )
+
+
+def _warn_about(settings: Settings, engine: Engine) -> None:
+    """Configurations that work but may not do what their author expects."""
+    for name, trigger in settings.triggers.items():
+        if trigger.webhook is not None and trigger.webhook.scheme == "none":
+            log.warning("webhook_unsigned", trigger=name, hint="anyone can fire it")
+    found = sync_steps_with_timeout(settings.workflows, engine.handler)
+    for workflow, step, handler, timeout in found:
+        log.warning(
+            "sync_handler_timeout",
+            workflow=workflow,
+            step=step,
+            handler=handler,
+            timeout=timeout,
+            hint="a plain function runs in a thread that cannot be stopped: at the timeout "
+            "the task fails and ctx.cancelled is set, but the thread runs on until the "
+            "function returns; check ctx.cancelled, or make the handler async",
+        )
 
 
 def create_app(
@@ -111,9 +153,7 @@ def create_app(
             running = [asyncio.ensure_future(job(engine)) for job in background]
             try:
                 await engine.recover()
-                for name, trigger in settings.triggers.items():
-                    if trigger.webhook is not None and trigger.webhook.scheme == "none":
-                        log.warning("webhook_unsigned", trigger=name, hint="anyone can fire it")
+                _warn_about(settings, engine)
                 await CronScheduler(engine, settings.triggers).start()
                 retention = Retention(settings.retention_history, settings.retention_runs)
                 RetentionJob(engine, retention).arm(delay=60.0)
@@ -151,7 +191,12 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HttpError: _http_error, StoreUnavailable: _store_unavailable},
+        exception_handlers={
+            HttpError: _http_error,
+            StoreUnavailable: _store_unavailable,
+            ClientDisconnect: _client_disconnected,
+            StarletteHTTPException: _routing_error,
+        },
         middleware=[
             Middleware(InboundMetrics, metrics=metrics),
             Middleware(DrainMiddleware, drain=drain),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from orchestrator.jsonread import JsonRejected, read_json
+
 DEFAULT_BODY_LIMIT = 1024 * 1024
+NESTING_SHOWN = 256  # stored values nested deeper than this are shown as a placeholder
 
 
 class HttpError(Exception):
@@ -32,7 +36,56 @@ class HttpError(Exception):
 def error_response(
     status: int, error: str, detail: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+    return TolerantJSONResponse(
+        {"error": error, "detail": detail}, status_code=status, headers=headers
+    )
+
+
+class TolerantJSONResponse(JSONResponse):
+    """A JSON answer that renders whatever the store holds, even what older versions let in.
+
+    Older versions stored NaN, Infinity and lone surrogates, which strict JSON (and
+    Starlette's JSONResponse) refuses. Those render as the strings "NaN", "Infinity" and
+    "-Infinity", lone surrogates as U+FFFD, and containers nested over NESTING_SHOWN levels
+    as a placeholder string: the answer is always strict JSON, and the rest of it exact.
+    """
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return _dumps(content, ensure_ascii=False).encode("utf-8")
+        except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+            return _dumps(presentable(content), ensure_ascii=False).encode("utf-8")
+
+
+def dumps_tolerant(content: Any) -> str:
+    """Strict, ASCII-only JSON text for `content`, as TolerantJSONResponse renders it."""
+    try:
+        return _dumps(content, ensure_ascii=True)
+    except (ValueError, RecursionError):
+        return _dumps(presentable(content), ensure_ascii=True)
+
+
+def _dumps(content: Any, ensure_ascii: bool) -> str:
+    return json.dumps(content, ensure_ascii=ensure_ascii, allow_nan=False, separators=(",", ":"))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def presentable(value: Any, depth: int = 0) -> Any:
+    """`value` with what strict JSON cannot hold replaced (see TolerantJSONResponse)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NON_FINITE.get(value, "NaN")
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict | list | tuple) and depth >= NESTING_SHOWN:
+        return f"(nested more than {NESTING_SHOWN} levels deep; not shown)"
+    if isinstance(value, dict):
+        return {presentable(key): presentable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [presentable(item, depth + 1) for item in value]
+    return value
 
 
 async def read_body(request: Request, limit: int = DEFAULT_BODY_LIMIT) -> bytes:
@@ -49,14 +102,24 @@ async def read_body(request: Request, limit: int = DEFAULT_BODY_LIMIT) -> bytes:
     return b"".join(chunks)
 
 
+def route_template(request: Request) -> str:
+    """The matched route as declared (`/hooks/{trigger}`), never the path the client sent."""
+    route = request.scope.get("route")
+    template = getattr(route, "path", None)
+    if not isinstance(template, str):
+        return "unmatched"
+    return str(request.scope.get("root_path", "")) + template
+
+
 def parse_json_object(body: bytes, *, empty_ok: bool = False) -> dict[str, Any]:
-    """The body as a JSON object: 400 if it is not JSON, 422 if it is JSON but not an object."""
+    """The body as a JSON object, read strictly (orchestrator.jsonread): 400 naming what is
+    wrong if it is not strict JSON within the limits, 422 if it is JSON but not an object."""
     if not body.strip() and empty_ok:
         return {}
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HttpError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
+        value = read_json(body)
+    except JsonRejected as error:
+        raise HttpError(400, error.error, error.detail) from None
     if not isinstance(value, dict):
         raise HttpError(422, "not_an_object", f"expected a JSON object, got {type(value).__name__}")
     return value

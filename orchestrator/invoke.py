@@ -8,9 +8,9 @@ import email.utils
 import functools
 import importlib
 import inspect
-import json
 import re
 import sys
+import threading
 import time
 import types
 import typing
@@ -26,7 +26,8 @@ import pydantic
 import pydantic_core
 
 from orchestrator.durations import parse_duration
-from orchestrator.model import ServiceSpec
+from orchestrator.jsonread import JsonRejected, check_strict
+from orchestrator.model import ServiceSpec, WorkflowSpec
 from orchestrator.states import Outcome
 
 T = TypeVar("T")
@@ -87,7 +88,15 @@ class DispatchError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a handler knows about its invocation; the first argument of every handler."""
+    """What a handler knows about its invocation; the first argument of every handler.
+
+    `cancelled` is set when this attempt is interrupted: it timed out, its run was
+    cancelled, its barrier no longer needs it, or the server is shutting down. An async
+    handler is cancelled outright; a plain function runs in a thread, which nothing can
+    stop from outside, so a long one should check it (`ctx.cancelled.is_set()`) or wait on
+    it instead of sleeping (`ctx.cancelled.wait(5)`) and return once it is set. Whatever it
+    returns after that is ignored.
+    """
 
     run_id: str
     task_id: str
@@ -101,6 +110,7 @@ class Context:
     callback_url: str = field(default="", repr=False)  # a capability: kept out of reprs and logs
     callback_secret: str = field(default="", repr=False)
     service: ServiceSpec | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -247,9 +257,11 @@ class Handler:
             except pydantic_core.PydanticSerializationError as error:
                 raise ValueError(f"output is not JSON serializable: {error}") from None
         try:
-            json.dumps(value)
-        except (TypeError, ValueError) as error:
+            check_strict(value)
+        except TypeError as error:
             raise ValueError(f"output is not JSON serializable: {error}") from None
+        except JsonRejected as error:
+            raise ValueError(f"output is not strict JSON ({error.error}): {error}") from None
         return value
 
 
@@ -333,6 +345,25 @@ def _declared_outputs(function: Callable[..., Any]) -> tuple[Any, Any]:
     return local_type, callback_type
 
 
+def sync_steps_with_timeout(
+    workflows: Mapping[str, WorkflowSpec], load: Callable[[str], Handler]
+) -> list[tuple[str, str, str, float]]:
+    """(workflow, step, handler, timeout) of every step whose plain-function handler has a
+    timeout: a thread cannot be stopped, so its timeout only stops the waiting for it."""
+    found = []
+    for workflow_name, workflow in workflows.items():
+        for step_name, step in workflow.steps.items():
+            if step.timeout is None:
+                continue
+            try:
+                handler = load(step.handler)
+            except HandlerImportError:
+                continue  # reported where it matters: `orchestrator check`, and the task itself
+            if not handler.is_async:
+                found.append((workflow_name, step_name, step.handler, step.timeout))
+    return found
+
+
 def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
@@ -346,7 +377,8 @@ async def invoke(
     clock: Callable[[], float] = time.time,
 ) -> tuple[Invocation, float | None]:
     """Call the handler (sync ones in a worker thread) and turn what happens into a result;
-    also when it really began (a worker thread may have been busy before)."""
+    for a plain function also when it really began: the worker threads are a queue, and the
+    time it waited there is not time it ran. (An async handler starts when it is launched.)"""
     args = (ctx, item) if fan_out else (ctx,)
     began: list[float] = []
 
@@ -356,7 +388,6 @@ async def invoke(
 
     try:
         if handler.is_async:
-            began.append(clock())
             value = await handler.function(*args)
         else:
             run = functools.partial(contextvars.copy_context().run, call)
@@ -365,6 +396,7 @@ async def invoke(
             return Handoff(value.timeout, value.heartbeat), None
         output = handler.check_output(value)
     except asyncio.CancelledError:
+        ctx.cancelled.set()  # a handler's thread runs on: this tells it to stop
         raise
     except DispatchError as error:
         return Redispatch(str(error), error.retry_after), None

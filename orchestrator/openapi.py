@@ -58,11 +58,19 @@ CALLBACK = {
 }
 
 
+MALFORMED = _error(
+    "not strict JSON within the limits: malformed_json, invalid_utf8, json_too_deep, "
+    "json_number_too_large, json_lone_surrogate or json_duplicate_key"
+)
+BUSY = _error("store busy: retry after Retry-After")
+BAD_PARAMETER = _error("bad parameter")
+
+
 def _admin(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         "summary": summary,
         "security": BEARER,
-        "responses": {**responses, "401": _error("missing or wrong bearer token")},
+        "responses": {**responses, "401": _error("missing or wrong bearer token"), "503": BUSY},
         **extra,
     }
 
@@ -104,11 +112,12 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "202": _json(FIRED, "event persisted, run started"),
                 "200": _json(FIRED, "a redelivery: the same event, nothing started"),
-                "400": _error("malformed JSON"),
+                "400": MALFORMED,
                 "401": _error("bad signature"),
                 "404": _error("no webhook trigger of that name"),
                 "413": _error("body over the limit"),
                 "422": _error("payload is not an object or fails the payload model"),
+                "503": BUSY,
             },
         }
     },
@@ -122,14 +131,14 @@ PATHS: dict[str, dict[str, Any]] = {
             },
             "responses": {
                 "200": _json(OBJECT, "accepted, or a duplicate counted once"),
-                "400": _error("malformed JSON"),
+                "400": MALFORMED,
                 "401": _error("bad, missing or stale signature"),
                 "404": _error("unknown token"),
                 "409": _error("webhook-id reused with another body, or a different result"),
                 "410": _error("task timed out, was cancelled, or its attempt was replaced"),
                 "413": _error("body over the limit"),
                 "422": _error("body or output fails its schema"),
-                "503": _error("store busy: retry after Retry-After"),
+                "503": BUSY,
             },
         }
     },
@@ -142,13 +151,15 @@ PATHS: dict[str, dict[str, Any]] = {
                 "401": _error("bad signature"),
                 "404": _error("unknown token"),
                 "410": _error("the task is no longer waiting"),
+                "413": _error("body over the limit"),
+                "503": BUSY,
             },
         }
     },
     "/admin/triggers": {
         "get": _admin(
             "Triggers with their next fire times",
-            {"200": _json(OBJECT, "triggers")},
+            {"200": _json(OBJECT, "triggers"), "400": BAD_PARAMETER},
             parameters=[_query("next", "fire times per cron trigger", "integer")],
         )
     },
@@ -158,9 +169,13 @@ PATHS: dict[str, dict[str, Any]] = {
             {
                 "202": _json(FIRED, "fired"),
                 "200": _json(FIRED, "Idempotency-Key seen before"),
+                "400": MALFORMED,
                 "404": _error("unknown trigger"),
+                "413": _error("body over the limit"),
+                "422": _error("the payload is not a JSON object"),
             },
             parameters=[_path("name")],
+            requestBody={"required": False, "content": {"application/json": {"schema": OBJECT}}},
         )
     },
     "/admin/runs": {
@@ -168,7 +183,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "Runs, newest first, cursor-paginated",
             {
                 "200": _json(OBJECT, "a page of runs and next_cursor"),
-                "400": _error("bad parameter"),
+                "400": BAD_PARAMETER,
             },
             parameters=[
                 _query("workflow", "only this workflow"),
@@ -212,7 +227,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/admin/events": {
         "get": _admin(
             "History, oldest first, paged by id",
-            {"200": _json(OBJECT, "entries and next_cursor"), "400": _error("bad parameter")},
+            {"200": _json(OBJECT, "entries and next_cursor"), "400": BAD_PARAMETER},
             parameters=[
                 _query("run", "only this run"),
                 _query("task", "only this task"),
@@ -228,7 +243,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "History live as Server-Sent Events; Last-Event-ID (or after=) resumes",
             {
                 "200": {"description": "text/event-stream", "content": {"text/event-stream": {}}},
-                "400": _error("bad parameter"),
+                "400": BAD_PARAMETER,
             },
             parameters=[
                 _query("run", "only this run"),

@@ -47,7 +47,8 @@ class Task:
     pushes the deadline of a task awaiting its callback.
 
     Timing: `queued_at` is when the current attempt became ready to start, `started_at` when
-    it started running (a local handler's first instruction, else its dispatch) and
+    it started running (its dispatch, or for a plain-function handler the moment a worker
+    thread took it up) and
     `finished_at` when it ended; the wait (queued -> started: limits, a free handler slot,
     backoff) is kept apart from the run (started -> finished).
     """

@@ -56,9 +56,15 @@ def _key(secret: str) -> bytes:
         raise ValueError("a webhook secret must be base64, optionally prefixed whsec_") from None
 
 
+def _raw(text: str) -> bytes:
+    """Header text as bytes to sign or compare. Any str encodes, lone surrogates included:
+    a value no sender could have signed must fail the comparison, not crash it."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     """The `v1,<base64>` signature of one message."""
-    signed = f"{message_id}.{timestamp}.".encode() + body
+    signed = _raw(f"{message_id}.{timestamp}.") + body
     digest = hmac.new(_key(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
@@ -104,7 +110,7 @@ def verify(
     for secret in accepted:
         expected = signature(secret, message_id, timestamp, body).removeprefix("v1,")
         for candidate in presented:
-            if hmac.compare_digest(expected.encode(), candidate.encode()):
+            if hmac.compare_digest(expected.encode(), _raw(candidate)):
                 return Verified(message_id, timestamp)
     raise SignatureError("no signature matches")
 
@@ -114,7 +120,7 @@ def verify_github(accepted: Sequence[str], headers: Mapping[str, str], body: byt
     header = headers.get("x-hub-signature-256", "")
     if not header.startswith("sha256="):
         raise SignatureError("missing X-Hub-Signature-256 (sha256=...) header")
-    presented = header.removeprefix("sha256=").strip().encode()
+    presented = _raw(header.removeprefix("sha256=").strip())
     for secret in accepted:
         expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
         if hmac.compare_digest(expected, presented):
@@ -136,7 +142,7 @@ def verify_stripe(
         if key == "t":
             stamps.append(value)
         elif key == "v1":
-            signatures.append(value.encode())
+            signatures.append(_raw(value))
     if len(stamps) != 1 or not _UNIX_SECONDS.fullmatch(stamps[0]) or not signatures:
         raise SignatureError("Stripe-Signature needs t=<Unix seconds> and at least one v1=")
     timestamp = int(stamps[0])
