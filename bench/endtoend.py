@@ -1,19 +1,28 @@
-"""Fan-out and end-to-end runs: N remote tasks whose service answers after DELAY seconds."""
+"""Fan-out and end-to-end runs: N remote tasks whose service answers after DELAY seconds,
+beside the asyncio polling loop doing the same work in the same run.
+
+Each repeat runs the orchestrator, then the polling baseline (bench/baselines/polling.py, its
+own process on the orchestrator's core, the same event loop and HTTP client), against the
+same fake service: the goals are ratios between the two, which hold on a noisy machine
+where absolute times do not.
+"""
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import json
 import statistics
+import sys
 import time
 
 import httpx
 
 from bench.figures import Figure, median_figure
-from bench.procs import TOKEN, Server, cpu_seconds_precise
+from bench.procs import SERVER_CORE, TOKEN, Server, cpu_seconds_precise, pinned
 from orchestrator.client import AdminClient
 
 DELAY = 0.5
-GOALS = {1000: (0.5, 0.3), 10000: (4.0, 3.0)}  # N: (fan-out s, overhead s)
+BASELINE_SIZES = (1000, 10000)
 
 
 async def one_run(orchestrator: str, service: str, items: int) -> dict[str, float]:
@@ -37,60 +46,97 @@ async def one_run(orchestrator: str, service: str, items: int) -> dict[str, floa
     return {"wall": ended_at - fired_at, "fan_out": (stats["last"] or ended_at) - fired_at}
 
 
+async def polling_run(service: str, items: int) -> dict[str, float]:
+    """The polling fan-out in its own process on the orchestrator's core: wall, status
+    requests and the CPU seconds it spent."""
+    async with httpx.AsyncClient() as http:
+        await http.post(f"{service}/reset")
+    command = [sys.executable, "-m", "bench.baselines.polling", service, "--fan-out", str(items)]
+    process = await asyncio.create_subprocess_exec(
+        *pinned(command, SERVER_CORE), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"the polling baseline failed ({process.returncode})")
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
 async def measure(
     orchestrator: Server, service: str, sizes: list[int], repeats: int
-) -> tuple[list[Figure], dict[int, float], dict[int, float]]:
-    """Fan-out and overhead per N (median of `repeats`); per-task overhead and per-task CPU
-    of the orchestrator process per N."""
+) -> list[Figure]:
+    """Per N: the orchestrator's fan-out, overhead and CPU per task (medians of `repeats`),
+    and at BASELINE_SIZES the polling loop's, interleaved, with the ratios the goals name."""
     figures: list[Figure] = []
-    per_task: dict[int, float] = {}
-    cpu_per_task: dict[int, float] = {}
+    overheads: dict[int, float] = {}
     await one_run(orchestrator.url, service, 10)  # warm up connections and caches
     for n in sizes:
-        runs = []
-        cpu = []
+        runs, cpu, polls = [], [], []
         for _ in range(repeats):
             before = cpu_seconds_precise(orchestrator.pid)
             runs.append(await one_run(orchestrator.url, service, n))
             cpu.append((cpu_seconds_precise(orchestrator.pid) - before) / n)
+            if n in BASELINE_SIZES:
+                polls.append(await polling_run(service, n))
         fan_out = [run["fan_out"] for run in runs]
         overhead = [run["wall"] - DELAY for run in runs]
         print(
             f"  N={n:<6} wall {min(r['wall'] for r in runs):.2f}-{max(r['wall'] for r in runs):.2f}s"
-            f"  fan-out {min(fan_out):.2f}-{max(fan_out):.2f}s",
+            f"  fan-out {min(fan_out):.2f}-{max(fan_out):.2f}s"
+            f"  CPU/task {statistics.median(cpu) * 1000:.2f} ms",
             flush=True,
         )
-        fan_goal, overhead_goal = GOALS.get(n, (None, None))
-        figures.append(_against(f"fan_out_n{n}", fan_out, "s", fan_goal))
-        figures.append(_against(f"overhead_n{n}", overhead, "s", overhead_goal))
-        per_task[n] = figures[-1].value / n
-        cpu_per_task[n] = statistics.median(cpu)
-    return figures, per_task, cpu_per_task
-
-
-def _against(name: str, samples: list[float], unit: str, limit: float | None) -> Figure:
-    if limit is None:
-        return median_figure(name, samples, unit)
-    return median_figure(name, samples, unit, f"<= {limit:g} {unit}", at_most=limit)
-
-
-def flatness(per_task: dict[int, float], cpu_per_task: dict[int, float]) -> list[Figure]:
-    """Per-task overhead (wall) and per-task CPU of the orchestrator, per N; each flat if it
-    never grows by more than half from one N to the next (the total then grows no faster
-    than N). At small N part of the work hides inside the service's 0.5 s, which flatters
-    the wall figure there; CPU per task has no such overlap."""
-    figures = []
-    for name, values, note in (
-        ("per_task_overhead", per_task, "(wall - 0.5 s) / N"),
-        ("per_task_cpu", cpu_per_task, "orchestrator CPU seconds / N"),
-    ):
-        sizes = sorted(values)
-        flat = all(values[b] <= 1.5 * values[a] for a, b in itertools.pairwise(sizes))
-        figures += [
-            Figure(
-                f"{name}_n{n}", round(values[n] * 1000, 3), "ms",
-                "flat across N (each <= 1.5x the previous)", flat, note=note,
+        figures.append(median_figure(f"fan_out_n{n}", fan_out, "s", note="absolute"))
+        figures.append(
+            median_figure(f"overhead_n{n}", overhead, "s", note="wall - 0.5 s; absolute")
+        )
+        figures.append(
+            median_figure(
+                f"cpu_per_task_n{n}", [c * 1000 for c in cpu], "ms",
+                note="orchestrator CPU / N; absolute",
             )
-            for n in sizes
-        ]  # fmt: skip
+        )  # fmt: skip
+        overheads[n] = figures[-2].value
+        if polls:
+            figures += _against_polling(n, overhead, cpu, polls)
+    if 1000 in overheads and 10000 in overheads:
+        ratio = overheads[10000] / overheads[1000]
+        figures.append(
+            Figure(
+                "overhead_n10000_vs_n1000", round(ratio, 2), "x", "<= 10 x (linear, no knee)",
+                ratio <= 10.0, note="medians of the same run",
+            )
+        )  # fmt: skip
     return figures
+
+
+def _against_polling(
+    n: int, overhead: list[float], cpu: list[float], polls: list[dict[str, float]]
+) -> list[Figure]:
+    poll_overhead = [poll["wall"] - DELAY for poll in polls]
+    poll_cpu = [poll["cpu"] / n for poll in polls]
+    asks = statistics.median(poll["asks"] for poll in polls)
+    print(
+        f"  N={n:<6} polling: overhead {statistics.median(poll_overhead):.2f}s"
+        f"  CPU/task {statistics.median(poll_cpu) * 1000:.2f} ms  status requests {asks:.0f}",
+        flush=True,
+    )
+    overhead_limit = 0.5 if n == 1000 else 1.0
+    return [
+        median_figure(f"baseline_polling_overhead_n{n}", poll_overhead, "s", "baseline", "absolute"),
+        median_figure(
+            f"baseline_polling_cpu_per_task_n{n}", [c * 1000 for c in poll_cpu], "ms",
+            "baseline", "absolute; includes its status requests",
+        ),
+        Figure(f"baseline_polling_status_requests_n{n}", asks, "requests", "baseline", None),
+        median_figure(
+            f"overhead_vs_polling_n{n}",
+            [o / p for o, p in zip(overhead, poll_overhead, strict=True)], "x",
+            f"<= {overhead_limit:g} x", "pairs of interleaved runs", at_most=overhead_limit,
+        ),
+        median_figure(
+            f"cpu_per_task_vs_polling_n{n}",
+            [c / p for c, p in zip(cpu, poll_cpu, strict=True)], "x", "<= 1 x",
+            "pairs of interleaved runs", at_most=1.0,
+        ),
+    ]  # fmt: skip

@@ -19,15 +19,24 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import endtoend, ingest, join, waiting
+from bench import endtoend, ingest, join, loop_lag, outgoing, waiting
 from bench.baselines import polling
 from bench.figures import Figure
-from bench.procs import ROOT, can_pin, pin_self, start_module, start_orchestrator
+from bench.procs import (
+    ROOT,
+    SERVER_CORE,
+    can_pin,
+    pin_self,
+    pinned,
+    start_module,
+    start_orchestrator,
+)
 from orchestrator import __version__
 
 CONFIG = """
@@ -58,10 +67,13 @@ class Plan:
     waiting_tasks: int
     idle_seconds: float
     sequential_items: int
+    lag_finished: int
+    lag_cancel: int
+    outgoing_requests: int
 
 
-QUICK = Plan([10, 100, 1000], 3, 12000, 2.0, 200, 10_000, 10.0, 5)
-FULL = Plan([10, 100, 1000, 10000], 3, 30000, 5.0, 500, 100_000, 30.0, 10)
+QUICK = Plan([10, 100, 1000], 3, 12000, 2.0, 200, 10_000, 10.0, 5, 20_000, 2_000, 1000)
+FULL = Plan([10, 100, 1000, 10000], 3, 30000, 5.0, 500, 100_000, 30.0, 10, 100_000, 10_000, 3000)
 
 
 async def measure(plan: Plan) -> list[Figure]:
@@ -69,15 +81,15 @@ async def measure(plan: Plan) -> list[Figure]:
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        figures.append(await _calibration())
         service = await start_module("bench.fake_service", "--delay", str(endtoend.DELAY))
         orchestrator = await start_orchestrator(workdir, CONFIG)
         try:
             print("end-to-end runs (remote tasks, service answers after 0.5 s):", flush=True)
-            runs, per_task, cpu_per_task = await endtoend.measure(
-                orchestrator, service.url, plan.sizes, plan.repeats
-            )
-            figures += runs + endtoend.flatness(per_task, cpu_per_task)
+            figures += await endtoend.measure(orchestrator, service.url, plan.sizes, plan.repeats)
             figures += await _baselines(service.url, plan.sequential_items)
+            print("outgoing client:", flush=True)
+            figures += await outgoing.measure(service.url, plan.outgoing_requests, plan.repeats)
             print("callback ingest (wrk):", flush=True)
             figures += await ingest.measure(
                 orchestrator, workdir, plan.ingest_tasks, plan.ingest_seconds, plan.repeats
@@ -91,13 +103,29 @@ async def measure(plan: Plan) -> list[Figure]:
         figures += await waiting.measure(
             workdir / "waiting", CONFIG, plan.waiting_tasks, plan.idle_seconds
         )
+        print("event-loop lag under bulk work:", flush=True)
+        figures += await loop_lag.measure(plan.lag_finished, plan.lag_cancel)
     return figures
 
 
+async def _calibration() -> Figure:
+    """A fixed pure-Python workload on the orchestrator's core: how fast the machine was."""
+    command = [sys.executable, "-m", "bench.calibrate"]
+    process = await asyncio.create_subprocess_exec(
+        *pinned(command, SERVER_CORE), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    ms = json.loads(out)["ms"]
+    print(f"calibration: {ms:.1f} ms for the fixed workload", flush=True)
+    return Figure(
+        "calibration", ms, "ms", "machine speed", None,
+        note="fixed pure-Python workload (bench/calibrate.py); divide absolute figures by it",
+    )  # fmt: skip
+
+
 async def _baselines(service: str, sequential_items: int) -> list[Figure]:
-    print("  polling baselines ...", flush=True)
+    print("  the sequential polling loop ...", flush=True)
     wall, _ = await polling.sequential(service, sequential_items)
-    fan_wall, asks = await polling.fan_out(service, 1000)
     return [
         Figure(
             f"baseline_sequential_polling_n{sequential_items}",
@@ -112,10 +140,6 @@ async def _baselines(service: str, sequential_items: int) -> list[Figure]:
             "s",
             "baseline (extrapolated)",
             None,
-        ),
-        Figure("baseline_asyncio_polling_fan_out_n1000", round(fan_wall, 3), "s", "baseline", None),
-        Figure(
-            "baseline_asyncio_polling_status_requests_n1000", asks, "requests", "baseline", None
         ),
     ]
 

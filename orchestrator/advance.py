@@ -21,6 +21,7 @@ from orchestrator.ids import new_id
 from orchestrator.model import StepSpec, WorkflowSpec
 from orchestrator.outbox import Outbox, Ready, StepKey
 from orchestrator.records import Event, HistoryEntry, Run, Task
+from orchestrator.slices import sliced_each, sliced_map
 from orchestrator.specs import RunInfo, SpecCache
 from orchestrator.states import (
     Ignore,
@@ -266,9 +267,11 @@ class Advance:
 
     async def cancel(self, tasks: Iterable[Task], reason: str) -> int:
         """Cancel every unfinished task among `tasks` and stop their handlers; how many."""
-        writes = [task_moves.cancel(t, self.now, reason) for t in tasks if not t.state.finished]
+        unfinished = [task for task in tasks if not task.state.finished]
+        writes = await sliced_map(lambda t: task_moves.cancel(t, self.now, reason), unfinished)
         applied = await self.tx.write_tasks(writes)
-        for write in writes:
+
+        def cancelled(write: TaskWrite) -> None:
             task = write.task
             if task.id in applied:
                 self.outbox.note(
@@ -276,6 +279,8 @@ class Advance:
                     reason=reason,
                 )  # fmt: skip
                 self.outbox.release(task.id, interrupt=True)
+
+        await sliced_each(cancelled, writes)
         return len(applied)
 
     async def finish_run(self, run_id: str, move: RunMove, reason: str | None = None) -> bool:

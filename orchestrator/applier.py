@@ -9,10 +9,11 @@ tasks to the dispatcher. A transaction that raises leaves nothing to undo.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -21,6 +22,7 @@ from orchestrator.barrier import Barrier
 from orchestrator.bus import HistoryBus
 from orchestrator.outbox import Launch, Outbox, Ready, StepKey
 from orchestrator.records import HistoryEntry, Task
+from orchestrator.slices import SLICE
 from orchestrator.specs import SpecCache
 from orchestrator.store import Store
 from orchestrator.timers import Clock
@@ -97,23 +99,45 @@ class Applier:
             entries = await tx.append_history(advance.outbox.history)
         if self.figures is not None:
             self.figures.committed(entries, time.perf_counter() - started)
-        self.apply(advance.outbox, entries)
+        await self.apply(advance.outbox, entries)
         return result
 
-    def apply(self, outbox: Outbox, entries: list[HistoryEntry]) -> None:
-        """Act on a committed transaction's outbox (the order matters: see the module doc)."""
+    async def apply(self, outbox: Outbox, entries: list[HistoryEntry]) -> None:
+        """Act on a committed transaction's outbox (the order matters: see the module doc).
+
+        A large outbox (a cancel of thousands of tasks) is worked through in slices, the loop
+        getting a turn between them.
+        """
         deadlines, launcher, dispatcher = self.deadlines, self.launcher, self.dispatcher
         if deadlines is None or launcher is None or dispatcher is None:
             raise RuntimeError("the applier is not connected to the engine's parts")
-        self.bus.publish(entries)
+        for published in _slices(entries):
+            self.bus.publish(published)
+            await _turn(published, entries)
         deadlines.clear_steps(outbox.cleared_step_deadlines)
         deadlines.arm_steps(outbox.step_deadlines)
         launcher.interrupt(outbox.interrupted)
-        deadlines.forget(outbox.released)
-        dispatcher.release(outbox.released)
+        for released in _slices(outbox.released):
+            deadlines.forget(released)
+            dispatcher.release(released)
+            await _turn(released, outbox.released)
         deadlines.arm_tasks(outbox.task_deadlines)
         launcher.launch(outbox.launch)
-        dispatcher.offer(outbox.ready)
+        for ready in _slices(outbox.ready):
+            dispatcher.offer(ready)
+            await _turn(ready, outbox.ready)
         for entry in entries:
             if entry.type in RUN_ENDS:
                 log.info(entry.type, run_id=entry.run_id, reason=entry.data.get("reason"))
+
+
+def _slices(items: list[T]) -> list[list[T]]:
+    if len(items) <= SLICE:
+        return [items]
+    return [items[start : start + SLICE] for start in range(0, len(items), SLICE)]
+
+
+async def _turn(part: list[Any], whole: list[Any]) -> None:
+    """Give the loop a turn between the slices of a large list."""
+    if len(part) < len(whole):
+        await asyncio.sleep(0)

@@ -18,6 +18,7 @@ import time
 import httpx
 
 from orchestrator.outgoing import http_client
+from orchestrator.serve import event_loop_factory
 
 
 async def _wait_done(client: httpx.AsyncClient, url: str, job_id: str, interval: float) -> int:
@@ -78,16 +79,32 @@ async def hold(url: str, items: int, seconds: float, interval: float = 1.0) -> t
     return asks, cpu
 
 
+async def measured_fan_out(url: str, items: int) -> dict[str, float]:
+    """fan_out() with the CPU seconds this process spent on it."""
+    cpu = time.process_time()
+    wall, asks = await fan_out(url, items)
+    return {"wall": wall, "asks": asks, "cpu": time.process_time() - cpu}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="Hold jobs that never finish and poll them, on its own (bench/waiting.py)"
+        description="The polling loops on their own, on the event loop the orchestrator runs "
+        "on (uvloop): hold jobs that never finish (bench/waiting.py), or fan out N jobs and "
+        "poll each to its end (bench/endtoend.py); prints JSON"
     )
     parser.add_argument("url", help="the fake service")
-    parser.add_argument("--hold", type=int, required=True, help="jobs to start and poll")
-    parser.add_argument("--seconds", type=float, required=True, help="how long to poll")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--hold", type=int, help="jobs to start and poll")
+    mode.add_argument("--fan-out", type=int, help="jobs to start at once and poll to the end")
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long to hold")
     args = parser.parse_args()
-    asks, cpu = asyncio.run(hold(args.url, args.hold, args.seconds))
-    print(json.dumps({"asks": asks, "cpu": cpu}))
+    loop = event_loop_factory()
+    with asyncio.Runner(loop_factory=loop) as runner:
+        if args.fan_out is not None:
+            print(json.dumps(runner.run(measured_fan_out(args.url, args.fan_out))))
+        else:
+            asks, cpu = runner.run(hold(args.url, args.hold, args.seconds))
+            print(json.dumps({"asks": asks, "cpu": cpu}))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from orchestrator.barrier import Barrier
 from orchestrator.records import Event, HistoryEntry, Run, Task
+from orchestrator.slices import sliced_map
 from orchestrator.states import RunState
 from orchestrator.store.base import (
     BarrierWrite,
@@ -267,17 +269,7 @@ class SqliteTx:
     # -- tasks -----------------------------------------------------------------------------
 
     async def insert_tasks(self, tasks: Sequence[Task]) -> None:
-        rows = [
-            (
-                task.id,
-                task.run_id,
-                task.step,
-                task.item_key,
-                dumps(task.item),
-                *task_state_params(task),
-            )
-            for task in tasks
-        ]
+        rows = await sliced_map(_insert_params, tasks)
         if rows:
             await self._run(len(rows), lambda: self._many(INSERT_TASK, rows))
 
@@ -289,13 +281,13 @@ class SqliteTx:
             row = self._one(SELECT_TASK, (task_id,))
             return {} if row is None else {task_id: task_from_row(row)}
         rows = await self._run(len(task_ids), lambda: self._all(SELECT_TASKS, (_keys(task_ids),)))
-        return {row["id"]: task_from_row(row) for row in rows}
+        return {task.id: task for task in await sliced_map(task_from_row, rows)}
 
     async def tasks_of_steps(self, keys: Collection[StepKey]) -> list[Task]:
         if not keys:
             return []
         rows = self._all(SELECT_TASKS_OF_STEPS, (_keys(keys),))
-        return [task_from_row(row) for row in rows]
+        return await sliced_map(task_from_row, rows)
 
     async def unfinished_tasks(self, run_id: str, step: str | None = None) -> list[Task]:
         if step is None:
@@ -304,18 +296,10 @@ class SqliteTx:
             )
         else:
             rows = self._all(SELECT_UNFINISHED_OF_STEP, (run_id, step))
-        return [task_from_row(row) for row in rows]
+        return await sliced_map(task_from_row, rows)
 
     async def write_tasks(self, writes: Sequence[TaskWrite]) -> set[str]:
-        rows = [
-            (
-                *task_state_params(write.task),
-                write.task.id,
-                write.expected_state.value,
-                write.expected_attempt,
-            )
-            for write in writes
-        ]
+        rows = await sliced_map(_write_params, writes)
         if not rows:
             return set()
         applied = await self._run(len(rows), lambda: self._conditional(UPDATE_TASK, rows))
@@ -349,10 +333,7 @@ class SqliteTx:
         batch = list(entries)
         if not batch:
             return []
-        rows = [
-            (entry.at, entry.type, entry.run_id, entry.task_id, entry.step, dumps(entry.data))
-            for entry in batch
-        ]
+        rows = await sliced_map(_history_params, batch)
 
         def insert() -> int:
             if len(rows) == 1:  # one statement for one entry
@@ -366,15 +347,30 @@ class SqliteTx:
             return int(row[0]) - len(batch) + 1
 
         first = await self._run(len(rows), insert)
-        return [
-            HistoryEntry(
-                id=first + offset,
-                at=entry.at,
-                type=entry.type,
-                run_id=entry.run_id,
-                task_id=entry.task_id,
-                step=entry.step,
-                data=entry.data,
-            )
-            for offset, entry in enumerate(batch)
-        ]
+        numbered = list(enumerate(batch, first))
+        return await sliced_map(_numbered, numbered)
+
+
+def _insert_params(task: Task) -> tuple[Any, ...]:
+    return (
+        task.id,
+        task.run_id,
+        task.step,
+        task.item_key,
+        dumps(task.item),
+        *task_state_params(task),
+    )
+
+
+def _write_params(write: TaskWrite) -> tuple[Any, ...]:
+    task = write.task
+    return (*task_state_params(task), task.id, write.expected_state.value, write.expected_attempt)
+
+
+def _history_params(entry: HistoryEntry) -> tuple[Any, ...]:
+    return (entry.at, entry.type, entry.run_id, entry.task_id, entry.step, dumps(entry.data))
+
+
+def _numbered(numbered: tuple[int, HistoryEntry]) -> HistoryEntry:
+    number, entry = numbered
+    return replace(entry, id=number)
