@@ -130,7 +130,7 @@ async def apply(advance: Advance, batch: Sequence[Work]) -> list[Any]:
     for index, work in enumerate(batch):
         if isinstance(work, DeadlineWork):
             results[index] = await _step_deadline(advance, work.run_id, work.step)
-        fresh = await unseen_callbacks(advance, callbacks, results)
+    fresh = await unseen_callbacks(advance, callbacks, results)
     applied = await advance.report(
         [report for _, report in reports] + [work.report for _, work in fresh if work.report]
     )

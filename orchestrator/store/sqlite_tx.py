@@ -52,6 +52,7 @@ INSERT_RUN = """
     INSERT INTO runs (id, workflow, event_id, status, created_at, finished_at, spec)
     VALUES (?, ?, ?, ?, ?, ?, ?)
 """
+SELECT_RUN = "SELECT * FROM runs WHERE id = ?"
 SELECT_RUNS = "SELECT * FROM runs WHERE id IN (SELECT value FROM json_each(?))"
 UPDATE_RUN_STATUS = "UPDATE runs SET status = ?, finished_at = ? WHERE id = ? AND status = ?"
 INSERT_BARRIER = """
@@ -59,6 +60,7 @@ INSERT_BARRIER = """
                           deadline_at, decided_at, reason)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+SELECT_BARRIER = "SELECT * FROM barriers WHERE run_id = ? AND step = ?"
 SELECT_BARRIERS = """
     SELECT * FROM barriers WHERE (run_id, step) IN
         (SELECT value ->> 0, value ->> 1 FROM json_each(?))
@@ -101,6 +103,9 @@ INSERT_CAPABILITY = """
     INSERT INTO callback_tokens (token_hash, task_id, attempt) VALUES (?, ?, ?)
     ON CONFLICT (token_hash) DO NOTHING
 """
+SELECT_RECEIPT = """
+    SELECT task_id, webhook_id, body_hash FROM callback_receipts WHERE task_id = ? AND webhook_id = ?
+"""
 SELECT_RECEIPTS = """
     SELECT task_id, webhook_id, body_hash FROM callback_receipts WHERE (task_id, webhook_id) IN
         (SELECT value ->> 0, value ->> 1 FROM json_each(?))
@@ -140,6 +145,14 @@ class SqliteTx:
 
     def _all(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         return self._conn.execute(sql, params).fetchall()
+
+    def _keyed(self, one: str, many: str, keys: Collection[Any]) -> list[sqlite3.Row]:
+        """Rows by key: a plain lookup for one key (json_each costs more than the lookup
+        itself), one query over `json_each(?)` for several."""
+        if len(keys) == 1:
+            (key,) = keys
+            return self._all(one, key if isinstance(key, tuple) else (key,))
+        return self._all(many, (_keys(keys),))
 
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         return self._conn.executemany(sql, rows).rowcount
@@ -199,7 +212,7 @@ class SqliteTx:
     async def runs(self, run_ids: Collection[str]) -> dict[str, Run]:
         if not run_ids:
             return {}
-        rows = self._all(SELECT_RUNS, (_keys(run_ids),))
+        rows = self._keyed(SELECT_RUN, SELECT_RUNS, run_ids)
         return {row["id"]: run_from_row(row) for row in rows}
 
     async def set_run_status(
@@ -233,7 +246,9 @@ class SqliteTx:
     async def barriers(self, keys: Collection[StepKey]) -> dict[StepKey, Barrier]:
         if not keys:
             return {}
-        found = (barrier_from_row(row) for row in self._all(SELECT_BARRIERS, (_keys(keys),)))
+        found = (
+            barrier_from_row(row) for row in self._keyed(SELECT_BARRIER, SELECT_BARRIERS, keys)
+        )
         return {(barrier.run_id, barrier.step): barrier for barrier in found}
 
     async def barriers_of_runs(self, run_ids: Collection[str]) -> list[Barrier]:
@@ -315,7 +330,7 @@ class SqliteTx:
     async def receipts(self, keys: Collection[ReceiptKey]) -> dict[ReceiptKey, str]:
         if not keys:
             return {}
-        rows = self._all(SELECT_RECEIPTS, (_keys(keys),))
+        rows = self._keyed(SELECT_RECEIPT, SELECT_RECEIPTS, keys)
         return {(row[0], row[1]): str(row[2]) for row in rows}
 
     async def insert_receipts(self, receipts: Sequence[Receipt]) -> None:
