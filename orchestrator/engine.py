@@ -196,11 +196,14 @@ class Engine:
         return await self.capabilities.load()
 
     async def workflow_of(self, run_id: str) -> WorkflowSpec:
-        """The workflow a run was fired with."""
-        run = await self.store.get_run(run_id)
-        if run is None:
-            raise LookupError(f"no run {run_id!r}")
-        return self.specs.info(run).spec
+        """The workflow a run was fired with (from the spec cache; read once when not)."""
+        info = self.specs.peek(run_id)
+        if info is None:
+            run = await self.store.get_run(run_id)
+            if run is None:
+                raise LookupError(f"no run {run_id!r}")
+            info = self.specs.info(run)
+        return info.spec
 
     # -- operator actions and restart ------------------------------------------------------
 
