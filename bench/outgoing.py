@@ -1,8 +1,8 @@
 """The outgoing client: CPU per request of the product's (httpx over aiohttp) beside
 httpx over its own httpcore stack (bench/httpcore_shards.py, what it used before).
 
-Both POST the same job to the same fake service from one process on the orchestrator's
-core, interleaved, 200 requests in flight at most and 32 connections; the figure is the
+Both POST the same job to the same fake service, the way `ctx.dispatch` sends it, from one
+process on the orchestrator's core, interleaved, 200 requests in flight at most and 32 connections; the figure is the
 client process's CPU per request, which is what a remote task's dispatch pays.
 
     python -m bench.outgoing URL --requests 2000      # prints JSON
@@ -38,9 +38,10 @@ async def cpu_per_request(make: Callable[[int], httpx.AsyncClient], url: str, co
     job = {"item": 0, "callback_url": "http://127.0.0.1:1/callbacks/x", "callback_secret": "s"}
 
     async def post(client: httpx.AsyncClient, index: int) -> None:
-        async with slots:
-            response = await client.post(url, json=job, headers={"Idempotency-Key": f"k{index}"})
-            response.raise_for_status()
+        async with slots:  # the way ctx.dispatch sends
+            headers = {"Idempotency-Key": f"k{index}"}
+            request = client.build_request("POST", url, json=job, headers=headers)
+            (await outgoing.send_plain(client, request)).raise_for_status()
 
     async with make(32) as client:
         await asyncio.gather(*(post(client, i) for i in range(CONCURRENCY)))

@@ -28,6 +28,7 @@ import pydantic_core
 from orchestrator.durations import parse_duration
 from orchestrator.jsonread import JsonRejected, check_strict
 from orchestrator.model import ServiceSpec, WorkflowSpec
+from orchestrator.outgoing import send_plain
 from orchestrator.states import Outcome
 
 T = TypeVar("T")
@@ -141,9 +142,13 @@ class Context:
             raise HandoffRefused("no URL: pass one, or give the step a service with a url")
         headers = {"Idempotency-Key": self.idempotency_key, **kwargs.pop("headers", {})}
         try:
-            response = await self.http.request(
-                method, target, headers=headers, follow_redirects=False, **kwargs
-            )
+            if "auth" in kwargs:  # the client's auth flow: the full send
+                response = await self.http.request(
+                    method, target, headers=headers, follow_redirects=False, **kwargs
+                )
+            else:
+                request = self.http.build_request(method, target, headers=headers, **kwargs)
+                response = await send_plain(self.http, request)
         except httpx.TransportError as error:
             raise DispatchError(f"{method} {shown}: {type(error).__name__}: {error}") from None
         status = response.status_code

@@ -284,3 +284,12 @@ def test_garbled_or_huge_retry_after_is_ignored_or_capped(
     """A Retry-After that is not plain ASCII seconds or a date is ignored; a huge one is capped at an hour."""
     response = httpx.Response(503, headers={b"Retry-After": header.encode("latin-1")})
     assert retry_after_seconds(response) == expected
+
+
+async def test_dispatch_with_auth_goes_through_the_clients_auth_flow(
+    router: respx.MockRouter, ctx: Context
+) -> None:
+    """An `auth=` hand-off is signed by httpx's auth flow (the plain send path skips it)."""
+    route = router.post(URL).respond(202)
+    await ctx.dispatch(URL, json=JOB, auth=("user", "pass"))
+    assert route.calls.last.request.headers["authorization"].startswith("Basic ")
