@@ -28,7 +28,7 @@ import pydantic_core
 from orchestrator.durations import parse_duration
 from orchestrator.jsonread import JsonRejected, check_strict
 from orchestrator.model import ServiceSpec, WorkflowSpec
-from orchestrator.outgoing import send_plain
+from orchestrator.outgoing import plain_request, send_plain
 from orchestrator.states import Outcome
 
 T = TypeVar("T")
@@ -147,7 +147,7 @@ class Context:
                     method, target, headers=headers, follow_redirects=False, **kwargs
                 )
             else:
-                request = self.http.build_request(method, target, headers=headers, **kwargs)
+                request = plain_request(self.http, method, target, headers, kwargs)
                 response = await send_plain(self.http, request)
         except httpx.TransportError as error:
             raise DispatchError(f"{method} {shown}: {type(error).__name__}: {error}") from None

@@ -16,7 +16,6 @@ from orchestrator.model import JoinPolicy
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState, TaskState
 
-
 # Enum(value) goes through EnumMeta.__call__: a dict is several times faster per row.
 TASK_STATES = {state.value: state for state in TaskState}
 RUN_STATES = {state.value: state for state in RunState}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from orchestrator.outgoing import http_client
+from orchestrator.outgoing import http_client, plain_request
 from orchestrator.serve import listening_socket
 
 
@@ -176,3 +177,36 @@ async def test_a_closed_client_refuses_requests(origin: Origin) -> None:
     await client.aclose()
     with pytest.raises(RuntimeError):
         await client.get(f"{origin.url}/port")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"json": {"lead": "Zoë", "n": [1, 2.5, None]}},
+        {"content": b"raw bytes"},
+        {"json": {"a": 1}, "headers": {"X-Trace": "t1"}},
+    ],
+)
+async def test_a_plain_request_is_the_request_the_client_would_build(
+    kwargs: dict[str, Any],
+) -> None:
+    """The hand-off's lean request carries the same method, URL, headers and body as
+    client.build_request would make."""
+    async with http_client() as client:
+        headers = {"Idempotency-Key": "tsk_1:1", **kwargs.pop("headers", {})}
+        lean = plain_request(client, "POST", "http://svc.test:8080/jobs?x=1", headers, kwargs)
+        built = client.build_request(
+            "POST", "http://svc.test:8080/jobs?x=1", headers=headers, **kwargs
+        )
+    assert (lean.method, lean.url) == (built.method, built.url)
+    assert sorted(lean.headers.multi_items()) == sorted(built.headers.multi_items())
+    assert lean.content == built.content
+    assert lean.extensions["timeout"] == built.extensions["timeout"]
+
+
+async def test_other_arguments_are_built_by_the_client() -> None:
+    """Form data, params or files take the client's own request building."""
+    async with http_client() as client:
+        lean = plain_request(client, "POST", "http://svc.test/jobs", {}, {"data": {"a": "1"}})
+    assert lean.content == b"a=1"
+    assert lean.headers["content-type"] == "application/x-www-form-urlencoded"
