@@ -22,6 +22,7 @@ _MARKS = {
 }
 _RUN_END = ("run_succeeded", "run_failed", "run_cancelled")
 MISSED_PAGE = 1000
+WAIT_SHOWN = 0.05  # seconds: shorter waits are left out of the critical path line
 
 
 @dataclass
@@ -194,12 +195,12 @@ def summary_lines(timing: Timing) -> list[str]:
 
 
 def path_text(path: Iterable[Segment]) -> str:
-    """`fetch ran 0.01s → research[17] waited 1.20s → ran 2.93s → ...`: waits under 5 ms
-    are left out."""
+    """`fetch ran 0.01s → research[17] waited 1.20s → ran 2.93s → ...`; waits under
+    WAIT_SHOWN (a dispatch's own few milliseconds) are left out, the API lists every one."""
     parts: list[str] = []
     previous: str | None = None
     for segment in path:
-        if segment.kind == "waited" and segment.seconds < 0.005:
+        if segment.kind == "waited" and segment.seconds < WAIT_SHOWN:
             continue
         text = f"{segment.kind} {segment.seconds:.2f}s" + (" (failed)" if segment.failed else "")
         if segment.label != previous:

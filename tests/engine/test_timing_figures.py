@@ -19,6 +19,7 @@ from orchestrator.progress import Progress
 from orchestrator.records import Task
 from orchestrator.timing import Timing
 from tests.engine.conftest import Finished, run_to_end
+from tests.summary_check import assert_checkable_by_hand
 
 MakeEngine = Callable[..., Engine]
 H = "tests.engine.timing_handlers:"
@@ -38,24 +39,6 @@ async def figures(engine: Engine, finished: Finished) -> tuple[list[Task], Timin
 
 def summary_of(timing: Timing) -> str:
     return "\n".join(Progress(color=False).summary("wf", "run_x", "succeeded", timing))
-
-
-def printed(text: str, figure: str) -> float:
-    """The number a summary line prints for `figure` (seconds or x)."""
-    match = re.search(rf"^  {figure} +([0-9.]+)(s|x)", text, re.MULTILINE)
-    assert match is not None, f"no {figure!r} line in\n{text}"
-    return float(match.group(1))
-
-
-def assert_checkable_by_hand(text: str) -> None:
-    """The printed speedup is the printed sum of run times (plus paced waits) over the
-    printed wall-clock, within the rounding of the printed digits."""
-    wall, ran, speedup = (printed(text, f) for f in ("wall-clock", "sum of run times", "speedup"))
-    paced = printed(text, "paced waits") if "paced waits" in text else 0.0
-    low = max(0.0, ran + paced - 0.01) / (wall + 0.005)
-    high = (ran + paced + 0.01) / max(wall - 0.005, 1e-9)
-    digits = 0.05 if speedup >= 1 else 0.005 * speedup
-    assert low - digits <= speedup <= high + digits, text
 
 
 async def test_a_fan_out_behind_two_handler_slots_keeps_runs_small_and_waits_growing(
