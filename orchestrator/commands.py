@@ -89,7 +89,9 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     show = command(
         "show",
         "a run: steps, barriers, tasks, timing",
-        "Show one run: its barriers (k of n, policy), tasks and timing.",
+        "Show one run: its barriers (k of n, policy), each task's wait (queued to started) "
+        "apart from its run, and the run's timing: sums of run times and waits, speedup, "
+        "critical path.",
     )
     show.add_argument("run", metavar="RUN", help="run id")
 

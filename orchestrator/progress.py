@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -148,14 +149,24 @@ def _column(name: str, value: object) -> str:
     return f"{name} {value:6.2f}s" if isinstance(value, int | float) else " " * width
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def seconds(value: float) -> str:
     """Seconds as the summary prints them: milliseconds below one second."""
     return f"{value:.2f}s" if value >= 1 else f"{value:.3f}s"
 
 
 def times(value: float) -> str:
-    """A speedup: one decimal from 1x up, two significant digits below (never "0.0x")."""
-    return f"{value:.1f}x" if value >= 1 else f"{value:.2g}x"
+    """A speedup: one decimal from 1x up, two significant digits below (0.25x, 0.0031x),
+    so a small one never reads "0.0x"."""
+    if value >= 1:
+        return f"{value:.1f}x"
+    if value <= 0:
+        return "0x"
+    digits = max(2, 1 - math.floor(math.log10(value)))
+    return f"{value:.{digits}f}x"
 
 
 def summary_lines(timing: Timing) -> list[str]:
@@ -166,8 +177,8 @@ def summary_lines(timing: Timing) -> list[str]:
         wall += f"  of which {seconds(timing.paused)} stood failed until a retry (not counted)"
         active = f"({seconds(timing.wall)} - {seconds(timing.paused)})"
     retried = timing.attempts - timing.tasks
-    counted = f"{timing.tasks} task(s)" + (
-        f", {timing.attempts} attempts ({retried} retried)" if retried > 0 else ""
+    counted = _count(timing.tasks, "task") + (
+        f", {_count(timing.attempts, 'attempt')} ({retried} retried)" if retried > 0 else ""
     )
     lines = [
         wall,

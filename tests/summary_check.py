@@ -17,7 +17,11 @@ def assert_checkable_by_hand(text: str) -> None:
     printed wall-clock, within the rounding of the printed digits."""
     wall, ran, speedup = (printed(text, f) for f in ("wall-clock", "sum of run times", "speedup"))
     paced = printed(text, "paced waits") if "paced waits" in text else 0.0
+    # Each printed figure is off by at most half its last digit (at most 0.005 s).
     low = max(0.0, ran + paced - 0.01) / (wall + 0.005)
     high = (ran + paced + 0.01) / max(wall - 0.005, 1e-9)
-    digits = 0.05 if speedup >= 1 else 0.005 * speedup
-    assert low - digits <= speedup <= high + digits, text
+    shown = re.search(r"^  speedup +([0-9.]+)x", text, re.MULTILINE)
+    assert shown is not None
+    decimals = len(shown.group(1).partition(".")[2])
+    half_digit = 0.5 * 10**-decimals
+    assert low - half_digit <= speedup <= high + half_digit, text

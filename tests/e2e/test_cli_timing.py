@@ -89,7 +89,7 @@ async def test_show_counts_a_retried_task_s_earlier_attempt(
     assert all(
         re.search(r"succeeded +2 .*\(\+1 earlier attempt\(s\), ran [0-9.]+s\)", r) for r in rows
     )
-    assert "2 task(s), 4 attempts (2 retried)" in out
+    assert "2 tasks, 4 attempts (2 retried)" in out
     # The backoff has full jitter: its wait may be too short to be shown on the path.
     assert re.search(
         r"critical path +fan\[\d\] ran [0-9.]+s \(failed\) → (waited [0-9.]+s → )?ran", out
