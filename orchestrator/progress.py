@@ -172,8 +172,9 @@ def times(value: float) -> str:
 def summary_lines(timing: Timing) -> list[str]:
     """The figures of a run's summary, each with what it counts."""
     wall = f"  wall-clock        {seconds(timing.wall):>10}"
-    active = seconds(timing.wall)
+    active, over = seconds(timing.wall), "wall-clock"
     if timing.paused > 0:
+        over = "active wall-clock"
         wall += f"  of which {seconds(timing.paused)} stood failed until a retry (not counted)"
         active = f"({seconds(timing.wall)} - {seconds(timing.paused)})"
     retried = timing.attempts - timing.tasks
@@ -191,10 +192,10 @@ def summary_lines(timing: Timing) -> list[str]:
             f"  paced waits       {seconds(timing.paced):>10}  retry backoff and rate-limit gaps,"
             " which running one after another waits too"
         )
-        formula = "(sum of run times + paced waits) / wall-clock"
+        formula = f"(sum of run times + paced waits) / {over}"
         figures = f"({seconds(timing.ran)} + {seconds(timing.paced)}) / {active}"
     else:
-        formula = "sum of run times / wall-clock"
+        formula = f"sum of run times / {over}"
         figures = f"{seconds(timing.ran)} / {active}"
     lines.append(f"  speedup           {times(timing.speedup):>10}  = {formula} = {figures}")
     if timing.slowest is not None:

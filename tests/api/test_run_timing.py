@@ -10,6 +10,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from orchestrator import attempts
 from orchestrator.settings import Settings
 from tests.api.conftest import engine_of
 from tests.engine import handlers
@@ -100,10 +101,11 @@ async def test_each_task_shows_its_wait_apart_from_its_run(
 
 
 async def test_a_retried_task_lists_its_earlier_attempt_and_counts_it(
-    app: Starlette, client: httpx.AsyncClient
+    app: Starlette, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The failed first attempt is listed and its run counted; the backoff before the retry
     is paced, as the history's not_before says."""
+    monkeypatch.setattr(attempts, "PAGE", 3)  # the run's history is read over several pages
     run_id = await finished(app, client, "flaky", [1, 2])
     body = await detail(client, run_id)
     for task in body["tasks"]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator import progress
 from orchestrator.attempts import timing_for
 from orchestrator.engine import Engine
 from orchestrator.model import WorkflowSpec
@@ -121,7 +122,9 @@ class _Lines(io.StringIO):
         return super().write(text)
 
 
-async def test_a_large_fan_out_summary_can_be_checked_by_hand(make_engine: MakeEngine) -> None:
+async def test_a_large_fan_out_summary_can_be_checked_by_hand(
+    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """1000 tasks: the terminal shows every task's run and wait (catching up after falling
     behind), and the summary's speedup is its printed sum of run times over its printed
     wall-clock."""
@@ -130,6 +133,7 @@ async def test_a_large_fan_out_summary_can_be_checked_by_hand(make_engine: MakeE
     # A subscription far too small for the burst: progress falls behind and catches up from
     # the store, as it must when 10,000 tasks are dispatched in one transaction.
     small = engine.bus.subscribe(maxsize=50)
+    monkeypatch.setattr(progress, "MISSED_PAGE", 100)  # the catching up reads several pages
     following = asyncio.ensure_future(Progress(out, color=False).follow(engine, small))
     try:
         finished = await run_to_end(engine, "wf", {"items": list(range(1000))}, within=60)

@@ -131,3 +131,31 @@ def test_step_graph_reads_needs_and_rates_from_the_stored_spec() -> None:
         }
     }
     assert step_graph(spec) == ({"a": [], "b": ["a"]}, {"a": Rate(5, 1.0)})
+
+
+def test_a_restart_requeue_drops_the_interrupted_dispatch() -> None:
+    """An attempt re-dispatched after a restart ran from its last dispatch, not its first."""
+    history = [
+        entry("step_started", 0.0, task=None),
+        entry("task_dispatched", 0.5, attempt=1),
+        entry("task_requeued", 3.0, attempt=1, reason="restarted"),
+        entry("task_dispatched", 3.1, attempt=1),
+        entry("task_attempt_failed", 4.0, attempt=1, error="boom"),
+    ]
+    retried = task(attempt=2, queued_at=4.0, started_at=4.0, finished_at=5.0)
+    first = attempts_of([retried], history).attempts[0]
+    assert (first.queued, first.started, first.finished) == (0.0, 3.1, 4.0)
+
+
+def test_the_current_attempt_comes_from_its_record_even_when_history_ends_it() -> None:
+    """A retried task that failed again: its last attempt is its record, not a second copy."""
+    history = [
+        entry("step_started", 0.0, task=None),
+        entry("task_dispatched", 0.0, attempt=1),
+        entry("task_attempt_failed", 1.0, attempt=1),
+        entry("task_dispatched", 1.0, attempt=2),
+        entry("task_failed", 2.0, attempt=2, duration=1.0, waited=0.0),
+    ]
+    failed = task(state=TaskState.FAILED, attempt=2, queued_at=1.0, started_at=1.0, finished_at=2.0)
+    found = attempts_of([failed], history).attempts
+    assert [(a.number, a.failed) for a in found] == [(1, True), (2, True)]

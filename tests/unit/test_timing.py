@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from orchestrator.progress import path_text
 from orchestrator.timing import Attempt, Rate, Segment, Timing, critical_path, run_timing
+from orchestrator.timing_json import timing_from_json, timing_json
 
 
 def attempt(
@@ -310,3 +311,12 @@ def test_a_run_that_really_went_one_after_another_has_speedup_one(
     assert timing.sequential == pytest.approx(clock)
     if clock > 1e-6:
         assert timing.speedup == pytest.approx(1.0)
+
+
+def test_the_api_shape_of_a_timing_reads_back_as_the_same_timing() -> None:
+    """What `show` and `fire --wait` print from the API is the timing the server computed."""
+    first = attempt("t", 0.0, 0.0, 1.0, failed=True)
+    second = attempt("t", 1.0, 3.0, 4.0, number=2, backoff=2.0)
+    timing = run_timing([first, second], {"t": []}, 0.0, 5.0, paused=0.5)
+    assert timing_from_json(timing_json(timing)) == timing
+    assert timing_from_json(timing_json(Timing(wall=1.0, ran=0.0))).slowest is None
