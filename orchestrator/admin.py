@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from orchestrator.attempts import read_attempts, timing_of
 from orchestrator.barrier import Barrier
 from orchestrator.cron import fires_after
 from orchestrator.engine import Engine, Fired, RunStateError, UnknownTarget
@@ -23,7 +24,8 @@ from orchestrator.records import HistoryEntry, Run, Task
 from orchestrator.scheduler import fire_key, schedule_of
 from orchestrator.states import RunState
 from orchestrator.store import Store
-from orchestrator.timing import Span, Timing, run_timing
+from orchestrator.timing import Attempt
+from orchestrator.timing_json import timing_json
 
 SSE_KEEPALIVE_SECONDS = 15.0
 BACKLOG_PAGE = 500
@@ -247,21 +249,35 @@ def run_json(run: Run) -> dict[str, Any]:
     }
 
 
-def task_json(task: Task) -> dict[str, Any]:
-    duration = None
-    if task.started_at is not None and task.finished_at is not None:
-        duration = task.finished_at - task.started_at
+def task_json(task: Task, earlier: Iterable[Attempt] = ()) -> dict[str, Any]:
+    """A task's current attempt: `waited` (queued -> started) apart from `duration` (the run,
+    started -> finished); `earlier_attempts` are the attempts a retry replaced."""
     return {
         "id": task.id,
         "step": task.step,
         "item": task.item_key,
         "state": task.state.value,
         "attempt": task.attempt,
+        "queued_at": task.queued_at,
         "started_at": task.started_at,
         "finished_at": task.finished_at,
-        "duration": duration,
+        "waited": task.waited,
+        "duration": task.ran,
         "error": task.error,
         "output": task.output,
+        "earlier_attempts": [attempt_json(attempt) for attempt in earlier],
+    }
+
+
+def attempt_json(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "attempt": attempt.number,
+        "queued_at": attempt.queued,
+        "started_at": attempt.started,
+        "finished_at": attempt.finished,
+        "waited": attempt.waited,
+        "duration": attempt.ran,
+        "failed": attempt.failed,
     }
 
 
@@ -279,53 +295,17 @@ def barrier_json(barrier: Barrier) -> dict[str, Any]:
     }
 
 
-def timing_of(run: Run, tasks: list[Task], now: float | None = None) -> Timing:
-    spans = [
-        Span(task.label, task.step, task.started_at, task.finished_at)
-        for task in tasks
-        if task.started_at is not None and task.finished_at is not None
-    ]
-    needs = {name: step.get("needs", ()) for name, step in run.spec.get("steps", {}).items()}
-    end = run.finished_at or max((span.finished for span in spans), default=now or run.created_at)
-    return run_timing(spans, needs, run.created_at, end)
-
-
-def timing_json(timing: Timing) -> dict[str, Any]:
-    return {
-        "wall_seconds": timing.wall,
-        "task_seconds": timing.busy,
-        "speedup": timing.speedup,
-        "critical_path": [
-            {
-                "task": span.label,
-                "step": span.step,
-                "started": span.started,
-                "finished": span.finished,
-            }
-            for span in timing.critical_path
-        ],
-    }
-
-
-def timing_from_json(data: dict[str, Any]) -> Timing:
-    """The inverse of timing_json, for clients that print a summary."""
-    path = [
-        Span(item["task"], item["step"], item["started"], item["finished"])
-        for item in data["critical_path"]
-    ]
-    return Timing(data["wall_seconds"], data["task_seconds"], path)
-
-
 async def run_detail(store: Store, run_id: str) -> dict[str, Any] | None:
     run = await store.get_run(run_id)
     if run is None:
         return None
     tasks = await store.tasks_of_run(run_id)
+    found = await read_attempts(store, tasks, run_id)
     return {
         **run_json(run),
         "barriers": [barrier_json(barrier) for barrier in await store.barriers_of_run(run_id)],
-        "tasks": [task_json(task) for task in tasks],
-        "timing": timing_json(timing_of(run, tasks)),
+        "tasks": [task_json(task, found.earlier.get(task.id, ())) for task in tasks],
+        "timing": timing_json(timing_of(run, found)),
     }
 
 

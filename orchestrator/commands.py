@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 
-from orchestrator.admin import timing_from_json
 from orchestrator.client import (
     URL_VARIABLE,
     AdminClient,
@@ -32,6 +31,7 @@ from orchestrator.progress import Progress
 from orchestrator.records import HistoryEntry
 from orchestrator.settings import ConfigError, client_settings
 from orchestrator.states import RunState
+from orchestrator.timing_json import timing_from_json
 
 EXIT_FAILED = 1
 RUN_END = ("run_succeeded", "run_failed", "run_cancelled")
@@ -89,7 +89,9 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     show = command(
         "show",
         "a run: steps, barriers, tasks, timing",
-        "Show one run: its barriers (k of n, policy), tasks and timing.",
+        "Show one run: its barriers (k of n, policy), each task's wait (queued to started) "
+        "apart from its run, and the run's timing: sums of run times and waits, speedup, "
+        "critical path.",
     )
     show.add_argument("run", metavar="RUN", help="run id")
 
@@ -262,18 +264,29 @@ async def show_command(args: argparse.Namespace, client: AdminClient) -> int:
             f"required of {barrier['expected']} ({policy['mode']}, {policy['on_failure']})"
             + (f"  {barrier['reason']}" if barrier["reason"] else "")
         )
-    print("tasks:")
+    print(f"tasks:{'':<21}{'STATE':<11}{'ATTEMPT':<9}{'WAITED':>8}  {'RAN':>8}")
     for task in detail["tasks"]:
-        label = task["step"] + (f"[{task['item']}]" if task["item"] else "")
-        error = f"  {task['error']}" if task["error"] else ""
-        print(
-            f"  {label:<24} {task['state']:<10} attempt {task['attempt']}  {_seconds(task['duration'])}{error}"
-        )
+        print(_task_row(task))
     for line in Progress().summary(
         detail["workflow"], detail["id"], detail["status"], timing_from_json(detail["timing"])
     ):
         print(line)
     return 0
+
+
+def _task_row(task: dict[str, Any]) -> str:
+    """One task of `show`: the wait (queued -> started) apart from the run, and what its
+    earlier attempts ran."""
+    label = task["step"] + (f"[{task['item']}]" if task["item"] else "")
+    row = (
+        f"  {label:<24} {task['state']:<10} {task['attempt']:<8} "
+        f"{_seconds(task['waited']):>8}  {_seconds(task['duration']):>8}"
+    )
+    earlier = task.get("earlier_attempts") or []
+    if earlier:
+        ran = sum(attempt["duration"] or 0.0 for attempt in earlier)
+        row += f"  (+{len(earlier)} earlier attempt(s), ran {ran:.2f}s)"
+    return row + (f"  {task['error']}" if task["error"] else "")
 
 
 async def events_command(args: argparse.Namespace, client: AdminClient) -> int:

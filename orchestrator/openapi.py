@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator import __version__
+from orchestrator.openapi_runs import ATTEMPT, RUN_DETAIL, SEGMENT, TASK, TIMING, ref
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -197,8 +198,8 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/admin/runs/{run_id}": {
         "get": _admin(
-            "A run: barriers, tasks, timing and critical path",
-            {"200": _json(OBJECT, "the run"), "404": _error("unknown run")},
+            "A run: barriers, tasks (each one's wait apart from its run), timing, critical path",
+            {"200": _json(ref("RunDetail"), "the run"), "404": _error("unknown run")},
             parameters=[_path("run_id")],
         )
     },
@@ -286,7 +287,12 @@ def document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["error", "detail"],
                     "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-                }
+                },
+                "RunDetail": RUN_DETAIL,
+                "Task": TASK,
+                "Attempt": ATTEMPT,
+                "Timing": TIMING,
+                "Segment": SEGMENT,
             },
         },
     }
