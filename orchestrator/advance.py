@@ -59,7 +59,8 @@ class Report:
     output: Any = None
     error: str | None = None
     source: str = "handler"
-    began: float | None = None  # when a local handler really started running
+    began: float | None = None  # when a local plain-function handler really started
+    ended: float | None = None  # when a local handler returned
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +160,13 @@ class Advance:
                 task, decision.attempt, decision.not_before, self.now, report.error
             )
         return task_moves.settle(
-            task, report.outcome, self.now, report.output, report.error, report.began
+            task,
+            report.outcome,
+            self.now,
+            report.output,
+            report.error,
+            report.began,
+            report.ended,
         )
 
     def _ignored(self, task: Task, report: Report, reason: str) -> Applied:

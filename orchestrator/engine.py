@@ -30,7 +30,7 @@ from orchestrator.completion import Completion
 from orchestrator.deadlines import WINDOW, Deadlines
 from orchestrator.dispatch import MAX_RUNNING_HANDLERS, Dispatcher
 from orchestrator.firing import Fired, Firing, RunStateError, UnknownTarget
-from orchestrator.invoke import Handler, Handoff, Invocation, Redispatch
+from orchestrator.invoke import Handler, Handoff, Invocation, Redispatch, Spent
 from orchestrator.launcher import Contexts, Launcher
 from orchestrator.metrics import Metrics
 from orchestrator.model import ServiceSpec, TriggerSpec, WorkflowSpec
@@ -109,7 +109,7 @@ class Engine:
 
     # -- handlers' results -----------------------------------------------------------------
 
-    def _on_result(self, item: Ready, result: Invocation, began: float | None) -> None:
+    def _on_result(self, item: Ready, result: Invocation, spent: Spent) -> None:
         task = item.task
         if isinstance(result, Handoff):
             self.completion.handed_off(item, result)
@@ -118,7 +118,7 @@ class Engine:
         else:
             self.completion.reported(
                 Report(task, task.attempt, result.outcome, result.output, result.error,
-                       "handler", began)
+                       "handler", spent.began, spent.ended)
             )  # fmt: skip
 
     def _on_handler_ended(self) -> None:

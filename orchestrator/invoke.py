@@ -373,6 +373,17 @@ def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """When a local handler really ran: `began` (a plain function, once a worker thread
+    took it up; None for an async handler, which starts when launched) and `ended` (when
+    it returned), so neither the thread pool's queue nor the wait for its result to be
+    recorded counts as run time."""
+
+    began: float | None = None
+    ended: float | None = None
+
+
 async def invoke(
     handler: Handler,
     ctx: Context,
@@ -380,37 +391,42 @@ async def invoke(
     fan_out: bool,
     executor: Executor,
     clock: Callable[[], float] = time.time,
-) -> tuple[Invocation, float | None]:
-    """Call the handler (sync ones in a worker thread) and turn what happens into a result;
-    for a plain function also when it really began: the worker threads are a queue, and the
-    time it waited there is not time it ran. (An async handler starts when it is launched.)"""
+) -> tuple[Invocation, Spent]:
+    """Call the handler (sync ones in a worker thread) and turn what happens into a result,
+    with when it really ran."""
     args = (ctx, item) if fan_out else (ctx,)
     began: list[float] = []
+    ended: list[float] = []
 
     def call() -> Any:
         began.append(clock())
-        return handler.function(*args)
+        try:
+            return handler.function(*args)
+        finally:
+            ended.append(clock())
 
     try:
         if handler.is_async:
-            value = await handler.function(*args)
+            try:
+                value = await handler.function(*args)
+            finally:
+                ended.append(clock())
         else:
             run = functools.partial(contextvars.copy_context().run, call)
             value = await asyncio.get_running_loop().run_in_executor(executor, run)
         if isinstance(value, AwaitCallback):
-            return Handoff(value.timeout, value.heartbeat), None
+            return Handoff(value.timeout, value.heartbeat), Spent()
         output = handler.check_output(value)
     except asyncio.CancelledError:
         ctx.cancelled.set()  # a handler's thread runs on: this tells it to stop
         raise
     except DispatchError as error:
-        return Redispatch(str(error), error.retry_after), None
+        return Redispatch(str(error), error.retry_after), Spent()
     except Exception as error:
-        return HandlerResult(Outcome.FAILED, error=f"{type(error).__name__}: {error}"), _first(
-            began
-        )
-    return HandlerResult(Outcome.SUCCEEDED, output=output), _first(began)
+        failed = HandlerResult(Outcome.FAILED, error=f"{type(error).__name__}: {error}")
+        return failed, _spent(began, ended)
+    return HandlerResult(Outcome.SUCCEEDED, output=output), _spent(began, ended)
 
 
-def _first(began: list[float]) -> float | None:
-    return began[0] if began else None
+def _spent(began: list[float], ended: list[float]) -> Spent:
+    return Spent(began[0] if began else None, ended[0] if ended else None)

@@ -24,6 +24,7 @@ from orchestrator.invoke import (
     HandlerImportError,
     HandlerResult,
     Invocation,
+    Spent,
     Upstream,
     invoke,
     load_handler,
@@ -40,7 +41,7 @@ log = structlog.get_logger("orchestrator.launcher")
 
 PAYLOADS = 64
 
-ResultFn = Callable[[Ready, Invocation, float | None], None]
+ResultFn = Callable[[Ready, Invocation, Spent], None]
 
 
 def collect_upstream(tasks: Iterable[Task]) -> Upstream:
@@ -163,14 +164,14 @@ class Launcher:
 
     async def _run(self, item: Ready, ctx: Context) -> None:
         structlog.contextvars.bind_contextvars(run_id=ctx.run_id, task_id=ctx.task_id)
-        began: float | None = None
+        spent = Spent()
         result: Invocation
         try:
             handler = self.handler(item.spec.handler)
         except HandlerImportError as error:
             result = HandlerResult(Outcome.FAILED, error=str(error))
         else:
-            result, began = await invoke(
+            result, spent = await invoke(
                 handler, ctx, item.task.item, item.spec.for_each is not None, self._executor,
                 self._clock,
             )  # fmt: skip
@@ -178,7 +179,7 @@ class Launcher:
         # cancel this very coroutine half-way through.
         self._running.pop(item.task.id, None)
         self._on_ended()
-        self._on_result(item, result, began)
+        self._on_result(item, result, spent)
 
     async def close(self) -> None:
         """Stop handlers still running; their tasks stay dispatched and a restart re-dispatches them."""

@@ -82,14 +82,17 @@ def settle(
     output: Any = None,
     error: str | None = None,
     began: float | None = None,
+    ended: float | None = None,
 ) -> TaskWrite:
-    """A final report: the attempt ends `outcome`; `began` is when a local handler really
-    started (a worker thread may have been busy), which makes the run's start."""
+    """A final report: the attempt ends `outcome`. For a local handler, `began` is when it
+    really started (a worker thread may have been busy) and `ended` when it returned (its
+    result may wait a moment to be recorded): the run is what lies between."""
     started = task.started_at if began is None else max(began, task.started_at or began)
+    finished = now if ended is None else min(now, max(ended, started or ended))
     return _moved(
         task,
         OUTCOME_MOVES[outcome],
-        finished_at=now,
+        finished_at=finished,
         due_at=None,
         output=output,
         error=error,

@@ -156,12 +156,6 @@ async def test_a_large_fan_out_summary_can_be_checked_by_hand(
     assert_checkable_by_hand(summary)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finished_at is when the completion was committed, not when the handler returned: "
-    "at a burst, the wait to be recorded still counts as run time (needs the engine to "
-    "record the handler's return)",
-)
 async def test_one_worker_thread_never_runs_more_than_the_wall_clock(
     make_engine: MakeEngine,
 ) -> None:
