@@ -1,6 +1,9 @@
 """Sortable, unguessable ids: 48 bits of milliseconds then 80 random bits, in Crockford base32.
 
-Ids that sort by creation time give stable cursor pagination without a second index.
+Ids that sort by creation time give stable cursor pagination without a second index. Within
+one process they are monotonic (as ULIDs are): an id made in the same millisecond as the
+last one of its prefix is that one plus one, so two runs of an event fired in one
+millisecond still list oldest first.
 """
 
 from __future__ import annotations
@@ -11,10 +14,18 @@ import time
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
+_last: dict[str, int] = {}
+
+
 def new_id(prefix: str, now: float | None = None) -> str:
     """A new id such as `run_01jd...`; `now` (epoch seconds) fixes the time part for tests."""
     millis = round((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    return _encode(prefix, (millis << 80) | secrets.randbits(80))
+    value = (millis << 80) | secrets.randbits(80)
+    last = _last.get(prefix, 0)
+    if value >> 80 == last >> 80 and value <= last:
+        value = last + 1
+    _last[prefix] = value
+    return _encode(prefix, value)
 
 
 def time_floor(prefix: str, at: float) -> str:

@@ -64,3 +64,10 @@ def test_same_time_ids_share_the_time_part() -> None:
     first, second = new_id("x", now=1234.5678), new_id("x", now=1234.5678)
     assert first[:12] == second[:12]
     assert new_id("x", now=1234.5678)[:12] != new_id("x", now=1234.5698)[:12]
+
+
+def test_ids_made_in_one_millisecond_sort_in_the_order_they_were_made() -> None:
+    """Within a process, ids of one prefix made at the same instant still sort by creation."""
+    ids = [new_id("run", 1_700_000_000.0) for _ in range(1000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 1000
