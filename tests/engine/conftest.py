@@ -61,6 +61,21 @@ async def wait_for_end(subscription: Any, run_id: str, within: float = 5.0) -> F
     raise AssertionError("the history stream ended before the run did")
 
 
+async def awaiting_callbacks(engine: Engine, name: str, items: int, within: float = 10.0) -> str:
+    """Fire `name` over `items` items and wait, on the history bus, until every task of it
+    awaits its callback; the run's id."""
+    with engine.bus.subscribe(maxsize=max(10_000, items * 6)) as subscription:
+        fired = await engine.fire(name, {"items": list(range(items))})
+        waiting = 0
+        async with asyncio.timeout(within):
+            async for entry in subscription:
+                waiting += entry.type == "task_awaiting_callback"
+                if waiting == items:
+                    break
+    assert fired.run_id is not None
+    return fired.run_id
+
+
 @pytest.fixture
 async def store() -> AsyncIterator[Store]:
     store = MemoryStore()

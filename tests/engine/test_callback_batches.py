@@ -9,22 +9,9 @@ from collections.abc import Callable
 from orchestrator.engine import Engine
 from orchestrator.states import Outcome
 from tests.engine import handlers
-from tests.engine.conftest import workflow
+from tests.engine.conftest import awaiting_callbacks, workflow
 
 MakeEngine = Callable[..., Engine]
-
-
-async def handed_off(engine: Engine, items: int) -> str:
-    with engine.bus.subscribe() as subscription:
-        fired = await engine.fire("wf", {"items": list(range(items))})
-        waiting = 0
-        async with asyncio.timeout(5):
-            async for entry in subscription:
-                waiting += entry.type == "task_awaiting_callback"
-                if waiting == items:
-                    break
-    assert fired.run_id is not None
-    return fired.run_id
 
 
 async def test_a_duplicate_in_a_batch_is_recorded_once_beside_fresh_callbacks(
@@ -33,7 +20,7 @@ async def test_a_duplicate_in_a_batch_is_recorded_once_beside_fresh_callbacks(
     """A resent callback answered from its receipt, in one batch with two fresh ones: one
     duplicate verdict and one rejection entry for it; the fresh ones are accepted."""
     engine = make_engine({"wf": workflow(wait={"handler": "hand_off", "for_each": "event.items"})})
-    run_id = await handed_off(engine, 3)
+    run_id = await awaiting_callbacks(engine, "wf", 3)
     tasks = {}
     for key in ("0", "1", "2"):
         task = await engine.store.get_task(handlers.STATE.handed_off[key].task_id)
@@ -59,7 +46,7 @@ async def test_a_duplicate_in_a_batch_is_recorded_once_beside_fresh_callbacks(
 async def test_callbacks_for_one_task_in_one_moment_count_once(make_engine: MakeEngine) -> None:
     """Two different callbacks for the same task sent at once: one accepted, one conflict."""
     engine = make_engine({"wf": workflow(wait={"handler": "hand_off", "for_each": "event.items"})})
-    run_id = await handed_off(engine, 1)
+    run_id = await awaiting_callbacks(engine, "wf", 1)
     task = await engine.store.get_task(handlers.STATE.handed_off["0"].task_id)
     assert task is not None
     verdicts = await asyncio.gather(

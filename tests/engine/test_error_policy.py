@@ -22,7 +22,7 @@ from orchestrator.states import Outcome
 from orchestrator.store import StoreUnavailable
 from orchestrator.work import ReportWork, Work
 from tests.engine import handlers
-from tests.engine.conftest import run_to_end, workflow
+from tests.engine.conftest import awaiting_callbacks, run_to_end, workflow
 
 MakeEngine = Callable[..., Engine]
 
@@ -148,13 +148,7 @@ async def test_a_busy_store_answers_a_waiting_sender_at_once(
         raise StoreUnavailable("database is locked")
 
     engine = make_engine({"wf": workflow(one={"handler": "hand_off", "for_each": "event.items"})})
-    with engine.bus.subscribe() as subscription:
-        fired = await engine.fire("wf", {"items": [0]})
-        async with asyncio.timeout(5):
-            async for entry in subscription:
-                if entry.type == "task_awaiting_callback":
-                    break
-    assert fired.run_id is not None
+    await awaiting_callbacks(engine, "wf", 1)
     ctx = handlers.STATE.handed_off["0"]
     monkeypatch.setattr(completion, "apply", always_busy)
     async with asyncio.timeout(2):

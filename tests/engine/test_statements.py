@@ -8,7 +8,6 @@ one to the callback path, shows up here first (docs/decisions.md, section 15).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +20,7 @@ from orchestrator.engine import Engine
 from orchestrator.states import Outcome
 from orchestrator.store import SqliteStore
 from tests.engine import handlers
-from tests.engine.conftest import wait_for_end, workflow
+from tests.engine.conftest import awaiting_callbacks, wait_for_end, workflow
 
 CONTROL = ("BEGIN", "SAVEPOINT", "RELEASE", "COMMIT", "ROLLBACK", "PRAGMA")
 
@@ -73,27 +72,13 @@ async def counted(
             await engine.close()
 
 
-async def awaiting(engine: Engine, items: int) -> str:
-    """Fire a fan-out of remote tasks and wait until every one awaits its callback."""
-    with engine.bus.subscribe() as subscription:
-        fired = await engine.fire("wf", {"items": list(range(items))})
-        waiting = 0
-        async with asyncio.timeout(10):
-            async for entry in subscription:
-                waiting += entry.type == "task_awaiting_callback"
-                if waiting == items:
-                    break
-    assert fired.run_id is not None
-    return fired.run_id
-
-
 async def test_one_accepted_callback_costs_seven_statements(
     counted: tuple[Callable[..., Engine], Counting],
 ) -> None:
     """Receipt check, task read, barrier read, task write, barrier write, receipt, history."""
     make, counting = counted
     engine = make({"wf": workflow(wait={"handler": "hand_off", "for_each": "event.items"})})
-    await awaiting(engine, 2)
+    await awaiting_callbacks(engine, "wf", 2)
     ctx = handlers.STATE.handed_off["0"]
     task = await engine.store.get_task(ctx.task_id)
     assert task is not None
