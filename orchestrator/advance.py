@@ -17,6 +17,7 @@ from typing import Any
 from orchestrator import barrier as barriers
 from orchestrator import task_moves
 from orchestrator.barrier import Arrival, Barrier, BarrierStatus, Effect
+from orchestrator.fanout import FanOutError, fanout_items, ready_steps
 from orchestrator.ids import new_id
 from orchestrator.model import StepSpec, WorkflowSpec
 from orchestrator.outbox import Outbox, Ready, StepKey
@@ -37,12 +38,6 @@ from orchestrator.states import (
 )
 from orchestrator.store import BarrierWrite, StoreConflict, StoreTx
 from orchestrator.task_moves import TaskWrite
-
-RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED)
-
-
-class FanOutError(ValueError):
-    """A step's for_each does not name a list: the run fails with this message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,56 +311,6 @@ class Advance:
         await self.start_ready_steps([run.id])
         return run
 
-    async def retry_run(self, run: Run, reason: str) -> int:
-        """Re-run what did not succeed in a failed or cancelled run; succeeded work is kept.
-
-        Every failed, timed-out or cancelled task of a step whose barrier has not opened goes
-        back to pending with attempt + 1 (so a new callback token: the old attempt's late
-        callback is answered 410). Failed barriers wait again with their successes counted;
-        steps never started start when their needs open, as always.
-        """
-        running = next_run_state(run.status, RunMove.RETRY)
-        if not await self.tx.set_run_status(run.id, run.status, running, None):
-            return 0
-        info = self.specs.info(run)
-        tasks = await self.tx.tasks_of_steps([(run.id, step) for step in info.spec.steps])
-        barrier_writes, task_writes = [], []
-        for barrier in await self.tx.barriers_of_runs([run.id]):
-            if barrier.status is BarrierStatus.OPEN:
-                continue
-            step = info.step(barrier.step)
-            own = [task for task in tasks if task.step == barrier.step]
-            reset = replace(
-                barrier, status=BarrierStatus.WAITING, failed=0, decided_at=None, reason=None,
-                succeeded=sum(task.state is TaskState.SUCCEEDED for task in own),
-                deadline_at=None if step.deadline is None else self.now + step.deadline,
-            )  # fmt: skip
-            barrier_writes.append(BarrierWrite(reset, barrier))
-            if reset.deadline_at is not None:
-                self.outbox.step_deadlines.append(reset)
-            task_writes += [task_moves.retry(t, self.now) for t in own if t.state in RETRYABLE]
-        if len(await self.tx.write_barriers(barrier_writes)) != len(barrier_writes):
-            raise StoreConflict("a barrier changed under this transaction")
-        applied = await self.tx.write_tasks(task_writes)
-        for write in task_writes:
-            task = write.task
-            if task.id in applied:
-                self.outbox.note(
-                    "task_retried", self.now, run.id, task_id=task.id, step=task.step,
-                    attempt=task.attempt, was=write.expected_state.value,
-                )  # fmt: skip
-                self.outbox.ready.append(Ready(task, run.workflow, info.step(task.step)))
-        self.outbox.note(
-            "run_retried",
-            self.now,
-            run.id,
-            workflow=run.workflow,
-            tasks=len(applied),
-            reason=reason,
-        )
-        await self.start_ready_steps([run.id])
-        return len(applied)
-
     # -- starting steps --------------------------------------------------------------------
 
     async def start_ready_steps(self, run_ids: Iterable[str]) -> None:
@@ -405,11 +350,11 @@ class Advance:
         self, info: RunInfo, started: dict[str, Barrier]
     ) -> list[tuple[Barrier, list[Task]]]:
         made = []
-        while ready := _ready_steps(info.spec, started):
+        while ready := ready_steps(info.spec, started):
             for name in ready:
                 step = info.step(name)
                 try:
-                    items = await self._items(info, step)
+                    items = await fanout_items(self.tx, info, step)
                 except FanOutError as error:
                     self.outbox.note(
                         "step_input_invalid", self.now, info.run_id, step=name, error=str(error)
@@ -444,46 +389,9 @@ class Advance:
             )
         return barrier, tasks
 
-    async def _items(self, info: RunInfo, step: StepSpec) -> list[tuple[str, Any]]:
-        """The (item key, item) pairs a step fans out over; one ("", None) without for_each."""
-        source = step.for_each_source()
-        if source is None:
-            return [("", None)]
-        head, path = source
-        if head == "event":
-            event = await self.tx.get_event(info.event_id)
-            value: Any = {} if event is None else event.payload
-        else:
-            upstream = await self.tx.tasks_of_steps([(info.run_id, head)])
-            succeeded = [task for task in upstream if task.state is TaskState.SUCCEEDED]
-            if len(upstream) == 1 and upstream[0].item_key == "":
-                value = succeeded[0].output if succeeded else None
-            else:
-                value = [task.output for task in succeeded]
-        for key in path:
-            if not isinstance(value, dict) or key not in value:
-                raise FanOutError(f"for_each = {step.for_each!r}: no key {key!r} in {head}")
-            value = value[key]
-        if not isinstance(value, list):
-            raise FanOutError(
-                f"for_each = {step.for_each!r} must be a list, got {type(value).__name__}"
-            )
-        return [(str(index), item) for index, item in enumerate(value)]
-
 
 def _arrival_of(decision: Settle) -> Arrival:
     return Arrival.SUCCEEDED if decision.state is TaskState.SUCCEEDED else Arrival.FAILED
-
-
-def _ready_steps(spec: WorkflowSpec, started: dict[str, Barrier]) -> list[str]:
-    return [
-        name
-        for name, step in spec.steps.items()
-        if name not in started
-        and all(
-            need in started and started[need].status is BarrierStatus.OPEN for need in step.needs
-        )
-    ]
 
 
 def _rounded(seconds: float | None) -> float | None:

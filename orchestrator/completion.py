@@ -30,6 +30,7 @@ from orchestrator.applier import Applier
 from orchestrator.batching import Batcher
 from orchestrator.invoke import Handoff, Redispatch
 from orchestrator.outbox import Ready
+from orchestrator.recording import apply
 from orchestrator.records import HistoryEntry, Task
 from orchestrator.states import Outcome, TaskState
 from orchestrator.store import StoreUnavailable
@@ -43,7 +44,6 @@ from orchestrator.work import (
     RedispatchWork,
     ReportWork,
     Work,
-    apply,
     one_per_task,
     task_of,
 )

@@ -38,6 +38,7 @@ from orchestrator.observe import EngineFigures
 from orchestrator.outbox import Ready
 from orchestrator.records import HistoryEntry, Task
 from orchestrator.recovery import recover
+from orchestrator.rerun import rerun
 from orchestrator.specs import SpecCache
 from orchestrator.states import Outcome, RunMove, RunState
 from orchestrator.store import Store
@@ -228,7 +229,7 @@ class Engine:
                 raise RunStateError(
                     f"only a failed or cancelled run can be retried; it is {run.status.value}"
                 )
-            return await advance.retry_run(run, reason="retried by operator")
+            return await rerun(advance, run, reason="retried by operator")
 
         return await self.applier.transact(work)
 

@@ -11,14 +11,12 @@ timed out, was cancelled or replaced). Everything but an acceptance leaves a
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator.advance import Advance, Applied, Report
 from orchestrator.states import TaskState
 from orchestrator.store import Receipt
-
-if TYPE_CHECKING:  # work.py imports this module: the type only
-    from orchestrator.work import CallbackWork
+from orchestrator.work import CallbackWork
 
 
 class Verdict(StrEnum):

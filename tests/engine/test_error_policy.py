@@ -1,7 +1,7 @@
 """The engine's one error policy: a busy store is waited out, a bug fails only its own task.
 
-Faults are injected where the engine records work (`apply` as the completion path calls
-it, the dispatcher's context building); everything else is the real engine over the memory store.
+Faults are injected where the engine records work (`recording.apply` as the completion
+path calls it, the dispatcher's context building); everything else is the real engine over the memory store.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from orchestrator import completion, work
+from orchestrator import completion, recording
 from orchestrator.advance import Advance
 from orchestrator.engine import Engine
 from orchestrator.launcher import Contexts
@@ -35,7 +35,7 @@ async def test_a_busy_store_defers_the_engines_own_work_and_loses_none(
     make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Handler results that meet a busy store are recorded later, each exactly once."""
-    real_apply = work.apply
+    real_apply = recording.apply
     refusals = Counter[str]()
 
     async def busy_twice(advance: Advance, batch: Sequence[Work]) -> list[Any]:
@@ -62,7 +62,7 @@ async def test_a_bug_recording_one_result_fails_only_that_task(
 ) -> None:
     """A deterministic error while recording one handler's result fails that task, with the
     error in its history; its siblings in the same batch succeed; nothing loops."""
-    real_apply = work.apply
+    real_apply = recording.apply
     calls = Counter[str]()
 
     async def bug_for_item_2(advance: Advance, batch: Sequence[Work]) -> list[Any]:
@@ -96,7 +96,7 @@ async def test_a_bug_counts_toward_the_steps_retries(
     make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The failure an internal error makes is an attempt like any other: retries run it again."""
-    real_apply = work.apply
+    real_apply = recording.apply
     raised = Counter[int]()
 
     async def bug_on_first_attempt(advance: Advance, batch: Sequence[Work]) -> list[Any]:

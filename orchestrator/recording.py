@@ -1,0 +1,133 @@
+"""Recording a batch of work in one transaction, a constant number of statements per kind.
+
+`apply` does every piece of a batch (work.py) inside one transaction and returns a result
+for each: hand-offs become tasks awaiting callbacks, hand-offs that did not get through go
+out again later, reports and verified callbacks go through the one completion path, step
+deadlines reach their barriers, rejections are appended to history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from orchestrator import task_moves
+from orchestrator.advance import Advance, Report
+from orchestrator.outbox import Ready
+from orchestrator.states import Outcome, RunState, backoff_delay
+from orchestrator.store import Receipt
+from orchestrator.verdicts import callback_verdict, unseen_callbacks
+from orchestrator.work import (
+    CallbackWork,
+    DeadlineWork,
+    HandoffWork,
+    RecordWork,
+    RedispatchWork,
+    ReportWork,
+    Work,
+)
+
+MAX_DISPATCH_TRIES = 8
+
+
+async def apply(advance: Advance, batch: Sequence[Work]) -> list[Any]:
+    """Every piece of work of the batch inside one transaction; a result for each."""
+    results: dict[int, Any] = {}
+    reports: list[tuple[int, Report]] = []
+    callbacks = [(i, w) for i, w in enumerate(batch) if isinstance(w, CallbackWork)]
+    for index, work in enumerate(batch):
+        if isinstance(work, RecordWork):
+            advance.outbox.history.extend(work.entries)
+            results[index] = None
+        elif isinstance(work, ReportWork) and work.report is not None:
+            reports.append((index, work.report))
+    handoffs = [(i, w) for i, w in enumerate(batch) if isinstance(w, HandoffWork)]
+    results.update(await _hand_off(advance, handoffs))
+    redispatches = [(i, w) for i, w in enumerate(batch) if isinstance(w, RedispatchWork)]
+    reports += await _redispatch(advance, redispatches, results)
+    for index, work in enumerate(batch):
+        if isinstance(work, DeadlineWork):
+            results[index] = await _step_deadline(advance, work.run_id, work.step)
+    fresh = await unseen_callbacks(advance, callbacks, results)
+    applied = await advance.report(
+        [report for _, report in reports] + [work.report for _, work in fresh if work.report]
+    )
+    for (index, _), outcome in zip(reports, applied, strict=False):
+        results[index] = outcome
+    receipts: list[Receipt] = []
+    for (index, work), outcome in zip(fresh, applied[len(reports) :], strict=True):
+        results[index] = callback_verdict(advance, work, outcome, receipts)
+    await advance.tx.insert_receipts(receipts)
+    return [results.get(index) for index in range(len(batch))]
+
+
+async def _hand_off(advance: Advance, handoffs: list[tuple[int, HandoffWork]]) -> dict[int, bool]:
+    """The handlers handed their work to services: wait for the callbacks, with deadlines."""
+    writes = []
+    for _, work in handoffs:
+        assert work.item is not None  # noqa: S101 - built with one
+        assert work.handoff is not None  # noqa: S101 - built with one
+        step, handoff = work.item.spec, work.handoff
+        window = handoff.heartbeat or step.heartbeat or handoff.timeout or step.timeout
+        writes.append(task_moves.await_callback(work.item.task, advance.now, window))
+    applied = await advance.tx.write_tasks(writes)
+    for write in writes:
+        task = write.task
+        if task.id in applied:
+            advance.outbox.note(
+                "task_awaiting_callback", advance.now, task.run_id, task_id=task.id,
+                step=task.step, attempt=task.attempt, deadline=task.due_at,
+            )  # fmt: skip
+            advance.outbox.task_deadlines.append(task)
+    # Not applied: the callback came first, or the task ended meanwhile.
+    return {
+        index: write.task.id in applied for (index, _), write in zip(handoffs, writes, strict=True)
+    }
+
+
+async def _redispatch(
+    advance: Advance, redispatches: list[tuple[int, RedispatchWork]], results: dict[int, Any]
+) -> list[tuple[int, Report]]:
+    """Hand-offs that did not get through go out again later; the last try fails the attempt."""
+    writes, reports = [], []
+    for index, work in redispatches:
+        assert work.item is not None  # noqa: S101 - built with one
+        assert work.failure is not None  # noqa: S101 - built with one
+        task, failure = work.item.task, work.failure
+        tries = task.dispatch_tries + 1
+        if tries >= MAX_DISPATCH_TRIES:
+            error = f"dispatch failed {tries} times; last: {failure.error}"
+            reports.append(
+                (index, Report(task, task.attempt, Outcome.FAILED, error=error, source="dispatch"))
+            )
+            continue
+        backoff = backoff_delay(
+            tries, work.item.spec.backoff, work.item.spec.backoff_max, advance.rng
+        )
+        due = advance.now + max(failure.retry_after or 0.0, backoff)
+        writes.append((index, work, task_moves.requeue(task, advance.now, due, tries), failure))
+    applied = await advance.tx.write_tasks([write for _, _, write, _ in writes])
+    for index, work, write, failure in writes:
+        results[index] = write.task.id in applied
+        if write.task.id not in applied:
+            continue
+        task = write.task
+        advance.outbox.note(
+            "task_dispatch_failed", advance.now, task.run_id, task_id=task.id, step=task.step,
+            attempt=task.attempt, error=failure.error, tries=task.dispatch_tries,
+            retry_at=task.due_at,
+        )  # fmt: skip
+        advance.outbox.release(task.id, interrupt=False)
+        assert work.item is not None  # noqa: S101 - checked above
+        advance.outbox.ready.append(Ready(task, work.item.workflow, work.item.spec))
+    return reports
+
+
+async def _step_deadline(advance: Advance, run_id: str, step: str) -> bool:
+    runs = await advance.tx.runs([run_id])
+    run = runs.get(run_id)
+    if run is None or run.status is not RunState.RUNNING:
+        return False
+    advance.outbox.note("step_deadline_passed", advance.now, run_id, step=step)
+    await advance.deadline(run_id, step)
+    return True

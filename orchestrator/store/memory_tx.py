@@ -1,0 +1,241 @@
+"""The transaction of the in-memory store: writes to an overlay, merged on commit.
+
+`MemoryTx` keeps the promises the SQL stores' transactions keep (memory.py says which);
+`Tables` is what one store holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from orchestrator.barrier import Barrier
+from orchestrator.records import Event, HistoryEntry, Run, Task
+from orchestrator.states import RunState, TaskState
+from orchestrator.store.base import (
+    BarrierWrite,
+    CallbackToken,
+    Receipt,
+    ReceiptKey,
+    StepKey,
+    StoreUnavailable,
+)
+from orchestrator.task_moves import TaskWrite
+
+UNFINISHED = (TaskState.PENDING, TaskState.DISPATCHED)
+
+
+def as_json(value: Any) -> Any:
+    """`value` as it comes back from a JSON column: a copy, and only if it is JSON."""
+    return json.loads(json.dumps(value))
+
+
+def stored_task(task: Task) -> Task:
+    return task.replace(item=as_json(task.item), output=as_json(task.output))
+
+
+@dataclass(slots=True)
+class Tables:
+    events: dict[str, Event] = field(default_factory=dict)
+    dedup: dict[tuple[str, str], str] = field(default_factory=dict)
+    runs: dict[str, Run] = field(default_factory=dict)
+    barriers: dict[StepKey, Barrier] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    steps: dict[StepKey, list[str]] = field(default_factory=dict)
+    item_keys: set[tuple[str, str, str]] = field(default_factory=set)
+    order: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, tuple[str, int]] = field(default_factory=dict)
+    receipts: dict[ReceiptKey, tuple[str, float]] = field(default_factory=dict)
+    history: list[HistoryEntry] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+class MemoryTx:
+    """Writes go to an overlay over the committed tables; the store merges it on commit."""
+
+    def __init__(self, base: Tables, next_history_id: int, next_task_order: int) -> None:
+        self._base = base
+        self.new = Tables()
+        self.next_history_id = next_history_id
+        self.next_task_order = next_task_order
+
+    # -- reading through the overlay ---------------------------------------------------------
+
+    def _task(self, task_id: str) -> Task | None:
+        return self.new.tasks.get(task_id) or self._base.tasks.get(task_id)
+
+    def _run(self, run_id: str) -> Run | None:
+        return self.new.runs.get(run_id) or self._base.runs.get(run_id)
+
+    def _barrier(self, key: StepKey) -> Barrier | None:
+        return self.new.barriers.get(key) or self._base.barriers.get(key)
+
+    def _step_ids(self, key: StepKey) -> list[str]:
+        return [*self._base.steps.get(key, []), *self.new.steps.get(key, [])]
+
+    # -- events and runs ---------------------------------------------------------------------
+
+    async def insert_event(self, event: Event) -> tuple[Event, bool]:
+        stored = replace(event, payload=as_json(event.payload))
+        if event.dedup_key is not None:
+            dedup = (event.trigger, event.dedup_key)
+            existing = self.new.dedup.get(dedup) or self._base.dedup.get(dedup)
+            if existing is not None:
+                first = await self.get_event(existing)
+                assert first is not None  # noqa: S101 - the dedup index names stored events
+                return first, False
+            self.new.dedup[dedup] = event.id
+        self.new.events[event.id] = stored
+        return replace(stored, payload=as_json(stored.payload)), True
+
+    async def get_event(self, event_id: str) -> Event | None:
+        event = self.new.events.get(event_id) or self._base.events.get(event_id)
+        return None if event is None else replace(event, payload=as_json(event.payload))
+
+    async def insert_run(self, run: Run) -> None:
+        if self._run(run.id) is not None:
+            raise StoreUnavailable(f"run {run.id} exists")
+        self.new.runs[run.id] = run.replace(spec=as_json(run.spec))
+
+    async def runs(self, run_ids: Collection[str]) -> dict[str, Run]:
+        found = {run_id: self._run(run_id) for run_id in run_ids}
+        return {key: run.replace(spec=as_json(run.spec)) for key, run in found.items() if run}
+
+    async def set_run_status(
+        self, run_id: str, expected: RunState, new: RunState, at: float | None
+    ) -> bool:
+        run = self._run(run_id)
+        if run is None or run.status is not expected:
+            return False
+        self.new.runs[run_id] = run.replace(status=new, finished_at=at)
+        return True
+
+    # -- barriers ----------------------------------------------------------------------------
+
+    async def insert_barriers(self, barriers: Sequence[Barrier]) -> None:
+        for barrier in barriers:
+            key = (barrier.run_id, barrier.step)
+            if self._barrier(key) is not None:
+                raise StoreUnavailable(f"barrier {key} exists")
+            self.new.barriers[key] = barrier
+
+    async def barriers(self, keys: Collection[StepKey]) -> dict[StepKey, Barrier]:
+        found = {key: self._barrier(key) for key in keys}
+        return {key: barrier for key, barrier in found.items() if barrier is not None}
+
+    async def barriers_of_runs(self, run_ids: Collection[str]) -> list[Barrier]:
+        wanted = set(run_ids)
+        keys = [
+            *self._base.barriers,
+            *(k for k in self.new.barriers if k not in self._base.barriers),
+        ]
+        found = (self._barrier(key) for key in keys if key[0] in wanted)
+        return [barrier for barrier in found if barrier is not None]
+
+    async def write_barriers(self, writes: Sequence[BarrierWrite]) -> set[StepKey]:
+        applied = set()
+        for write in writes:
+            stored = self._barrier(write.key)
+            if stored is None or (stored.status, stored.succeeded, stored.failed) != (
+                write.expected.status,
+                write.expected.succeeded,
+                write.expected.failed,
+            ):
+                continue
+            self.new.barriers[write.key] = replace(write.barrier, policy=stored.policy)
+            applied.add(write.key)
+        return applied
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def insert_tasks(self, tasks: Sequence[Task]) -> None:
+        for task in [stored_task(task) for task in tasks]:  # a non-JSON value fails them all
+            key = (task.run_id, task.step)
+            unique = (task.run_id, task.step, task.item_key)
+            if (
+                self._task(task.id) is not None
+                or unique in self._base.item_keys
+                or unique in self.new.item_keys
+            ):
+                raise StoreUnavailable(f"task {task.id} ({task.label}) exists")
+            self.new.tasks[task.id] = task
+            self.new.steps.setdefault(key, []).append(task.id)
+            self.new.item_keys.add(unique)
+            self.new.order[task.id] = self.next_task_order
+            self.next_task_order += 1
+
+    async def tasks(self, task_ids: Collection[str]) -> dict[str, Task]:
+        found = {task_id: self._task(task_id) for task_id in task_ids}
+        return {key: stored_task(task) for key, task in found.items() if task is not None}
+
+    async def tasks_of_steps(self, keys: Collection[StepKey]) -> list[Task]:
+        ids = [task_id for key in dict.fromkeys(keys) for task_id in self._step_ids(key)]
+        ordered = sorted(ids, key=self._creation_order)
+        return [stored_task(task) for task in map(self._task, ordered) if task is not None]
+
+    def _creation_order(self, task_id: str) -> int:
+        return self._base.order.get(task_id, self.new.order.get(task_id, 0))
+
+    async def unfinished_tasks(self, run_id: str, step: str | None = None) -> list[Task]:
+        keys = [
+            key
+            for key in [*self._base.steps, *self.new.steps]
+            if key[0] == run_id and (step is None or key[1] == step)
+        ]
+        tasks = await self.tasks_of_steps(list(dict.fromkeys(keys)))
+        return [task for task in tasks if task.state in UNFINISHED]
+
+    async def write_tasks(self, writes: Sequence[TaskWrite]) -> set[str]:
+        outputs = [as_json(write.task.output) for write in writes]  # a non-JSON one fails all
+        applied = set()
+        for write, output in zip(writes, outputs, strict=True):
+            stored = self._task(write.task.id)
+            if stored is None or (stored.state, stored.attempt) != (
+                write.expected_state,
+                write.expected_attempt,
+            ):
+                continue
+            self.new.tasks[write.task.id] = write.task.replace(
+                item=stored.item,
+                output=output,
+                run_id=stored.run_id,
+                step=stored.step,
+                item_key=stored.item_key,
+            )
+            applied.add(write.task.id)
+        return applied
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    async def insert_callback_tokens(self, tokens: Sequence[CallbackToken]) -> None:
+        for token in tokens:
+            if token.token_hash not in self._base.tokens:
+                self.new.tokens.setdefault(token.token_hash, (token.task_id, token.attempt))
+
+    async def receipts(self, keys: Collection[ReceiptKey]) -> dict[ReceiptKey, str]:
+        found = {key: self.new.receipts.get(key) or self._base.receipts.get(key) for key in keys}
+        return {key: value[0] for key, value in found.items() if value is not None}
+
+    async def insert_receipts(self, receipts: Sequence[Receipt]) -> None:
+        for receipt in receipts:
+            if receipt.key in self._base.receipts or receipt.key in self.new.receipts:
+                raise StoreUnavailable(f"receipt {receipt.key} exists")
+            self.new.receipts[receipt.key] = (receipt.body_hash, receipt.at)
+
+    async def insert_meta(self, key: str, value: str) -> None:
+        if key not in self._base.meta:
+            self.new.meta.setdefault(key, value)
+
+    # -- history -----------------------------------------------------------------------------
+
+    async def append_history(self, entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
+        batch = [(entry, as_json(entry.data)) for entry in entries]  # a non-JSON one fails all
+        appended = []
+        for entry, data in batch:
+            stored = replace(entry, id=self.next_history_id, data=data)
+            self.next_history_id += 1
+            self.new.history.append(stored)
+            appended.append(replace(stored, data=entry.data))
+        return appended
