@@ -114,7 +114,7 @@ async def measure(
     rates = [b.rate for b in ours]
     bare_rates = [b.rate for b in ceiling]
     ratios = [b.rate / c.rate for b, c in zip(ours, ceiling, strict=True)]
-    rate = median_figure("callback_ingest", rates, "/s", ">= 3000 /s", at_least=3000)
+    rate = median_figure("callback_ingest", rates, "/s", note="absolute")
     ratio = median_figure(
         "callback_ingest_vs_bare", [r * 100 for r in ratios], "%", ">= 50 %", at_least=50
     )

@@ -96,8 +96,8 @@ async def measure(orchestrator: str, runs: int) -> list[Figure]:
     )
     outer = f"callback sent -> b's dispatch received by the service; {runs} runs"
     return [
-        Figure("join_latency_p50", round(p50, 3), "ms", "<= 2 ms", p50 <= 2, note=note),
-        Figure("join_latency_p99", round(p99, 3), "ms", "<= 10 ms", p99 <= 10, note=note),
+        Figure("join_latency_p50", round(p50, 3), "ms", "-", None, note=f"absolute; {note}"),
+        Figure("join_latency_p99", round(p99, 3), "ms", "-", None, note=f"absolute; {note}"),
         Figure("join_round_trip_p50", round(percentile(spans, 50), 3), "ms", "-", None, note=outer),
         Figure("join_round_trip_p99", round(percentile(spans, 99), 3), "ms", "-", None, note=outer),
     ]
