@@ -42,6 +42,7 @@ SETTINGS = {
     "synchronous_commit": "off",
     "full_page_writes": "off",
     "max_connections": "300",
+    "deadlock_timeout": "100ms",  # a deadlock test waits this long, not the default second
 }
 # Tried in order: ICU's en-US collation, else the plain C.UTF-8 locale.
 LOCALES = [

@@ -13,7 +13,6 @@ lock before it reads the version, so the second finds the work done.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from asyncpg import exceptions as pg
@@ -129,21 +128,6 @@ class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer orchestrator: this one must not touch it."""
 
 
-@dataclass(frozen=True, slots=True)
-class SchemaState:
-    """A database's schema version (0: none yet) beside the newest this code knows."""
-
-    version: int
-    known: int = len(MIGRATIONS)
-
-    @property
-    def verdict(self) -> str:
-        """current, older (serve migrates it forward) or newer (serve refuses it)."""
-        if self.version == self.known:
-            return "current"
-        return "older" if self.version < self.known else "newer"
-
-
 def too_new(where: str, version: int) -> SchemaTooNew:
     return SchemaTooNew(
         f"{where} has schema version {version}; this orchestrator knows up to "
@@ -173,8 +157,9 @@ async def migrate(conn: Connection, where: str) -> None:
         await conn.execute(INSERT_VERSION, len(MIGRATIONS))
 
 
-async def schema_state(conn: Connection) -> SchemaState:
-    """The database's schema version, read without creating or changing anything."""
+async def stored_version(conn: Connection) -> int:
+    """The database's schema version (0: none yet), read without changing anything."""
     if not await conn.fetchval(VERSION_TABLE_EXISTS):
-        return SchemaState(0)
-    return SchemaState(await conn.fetchval(SELECT_VERSION) or 0)
+        return 0
+    version: int = await conn.fetchval(SELECT_VERSION) or 0
+    return version

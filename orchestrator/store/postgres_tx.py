@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
@@ -446,14 +447,5 @@ class PostgresTx:
         # Identity values are drawn in the order the rows are inserted, which ORDER BY fixes.
         ids = sorted(row["id"] for row in await self.fetch(INSERT_HISTORY, *columns(rows)))
         return [
-            HistoryEntry(
-                id=history_id,
-                at=entry.at,
-                type=entry.type,
-                run_id=entry.run_id,
-                task_id=entry.task_id,
-                step=entry.step,
-                data=entry.data,
-            )
-            for history_id, entry in zip(ids, batch, strict=True)
+            replace(entry, id=history_id) for history_id, entry in zip(ids, batch, strict=True)
         ]
