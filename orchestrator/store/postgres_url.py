@@ -59,14 +59,16 @@ def postgres_problem(url: str) -> str | None:
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
     except ValueError as error:
         return f"not a valid URL ({error}); expected {EXAMPLE}"
-    hosts = parts.netloc.rpartition("@")[2]
-    if not hosts and not query.get("host"):
+    entries = [entry for entry in parts.netloc.rpartition("@")[2].split(",") if entry]
+    names = [entry.partition("]")[0] if entry.startswith("[") else entry.partition(":")[0]
+             for entry in entries]  # fmt: skip
+    if not any(names) and not query.get("host"):
         return (
             f"{redact(url)} names no server: expected {EXAMPLE}, "
             "or ?host=/path/to/socket-directory for a unix socket"
         )
-    for host in filter(None, hosts.split(",")):
-        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
+    for entry in entries:
+        port = entry.rpartition("]")[2].rpartition(":")[2] if ":" in entry else ""
         if port and not (port.isdigit() and 0 < int(port) < 65536):
             return f"{redact(url)}: port {port!r} is not a number from 1 to 65535"
     return None
