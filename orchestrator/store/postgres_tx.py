@@ -446,6 +446,4 @@ class PostgresTx:
             return []
         # Identity values are drawn in the order the rows are inserted, which ORDER BY fixes.
         ids = sorted(row["id"] for row in await self.fetch(INSERT_HISTORY, *columns(rows)))
-        return [
-            replace(entry, id=history_id) for history_id, entry in zip(ids, batch, strict=True)
-        ]
+        return [replace(entry, id=history_id) for history_id, entry in zip(ids, batch, strict=True)]
