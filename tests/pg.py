@@ -14,6 +14,7 @@ ORCHESTRATOR_REQUIRE_POSTGRES=1 (which .ci/run sets) turns the skip into a failu
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
@@ -203,6 +204,8 @@ def server() -> PostgresServer:
             _server = PostgresServer.start_new()
         except PostgresUnavailable as error:
             _problem = str(error)
+        else:  # should the session end without its teardown (an error in pytest itself)
+            atexit.register(_server.remove)
     if _server is None:
         unavailable(_problem or "it did not start")
     assert _server is not None
@@ -287,6 +290,7 @@ def _postgres_session() -> Iterator[None]:
     global _server
     _free_schemas.clear()
     if _server is not None:
+        atexit.unregister(_server.remove)
         _server.remove()
         _server = None
 

@@ -156,6 +156,12 @@ class PostgresStore:
             async with pool.acquire(timeout=self._timeout) as conn:
                 with translating():
                     await migrate(conn, self.where)
+        except asyncpg.PostgresError as error:  # not a passing problem: no rights, say
+            await pool.close()
+            raise StoreUnavailable(
+                f"cannot migrate the schema of {self.where}: {describe(error)} (the user must "
+                "be able to create tables in the database, or its schema on the search_path)"
+            ) from None
         except BaseException:
             await pool.close()
             raise

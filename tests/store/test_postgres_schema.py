@@ -144,3 +144,24 @@ async def test_an_unreachable_server_is_named_without_the_password(credentials: 
     assert "***" in message
     assert "refused" in message.lower()
     await store.close()
+
+
+async def test_a_user_who_cannot_create_tables_is_told_so(postgres: PostgresServer) -> None:
+    """open() as a user without the right to create tables raises StoreUnavailable saying
+    the schema cannot be migrated and why, and leaves the store closed."""
+    role, schema = postgres.new_name("reader"), await pg.fresh_schema()
+    await pg.admin(f'CREATE ROLE "{role}" LOGIN')
+    url = postgres.url(search_path=schema).replace(f"{pg.SUPERUSER}@", f"{role}@")
+    store = PostgresStore(url)
+    try:
+        with pytest.raises(
+            StoreUnavailable,
+            match=r"cannot migrate the schema of .*: .*Error: .*the user must be able to create tables",
+        ):
+            await store.open()
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+    finally:
+        await store.close()
+        await pg.recycle_schema(schema)
+        await pg.admin(f'DROP ROLE "{role}"')
