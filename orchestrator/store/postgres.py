@@ -20,8 +20,9 @@ from orchestrator.ids import time_floor
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState
 from orchestrator.store.base import Page, StoreUnavailable, Unfinished
+from orchestrator.store.postgres_driver import UNAVAILABLE, describe, translating
 from orchestrator.store.postgres_schema import migrate
-from orchestrator.store.postgres_tx import UNAVAILABLE, PostgresTx, describe, translating
+from orchestrator.store.postgres_tx import PostgresTx
 from orchestrator.store.postgres_url import redact, scrub
 from orchestrator.store.rows import (
     barrier_from_row,

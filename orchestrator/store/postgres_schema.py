@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from asyncpg import exceptions as pg
 
 if TYPE_CHECKING:
-    from orchestrator.store.postgres_tx import Connection
+    from orchestrator.store.postgres_driver import Connection
 
 # pg_advisory_xact_lock's key for migrating: any constant the application uses for
 # nothing else ("orchestrator schema" folded into 63 bits).

@@ -68,8 +68,8 @@ def _sqlite_state(path: str) -> SchemaState:
 async def _postgres_state(url: str, connect_timeout: float) -> SchemaState:
     import asyncpg  # an optional extra: `check` names it first if it is missing
 
+    from orchestrator.store.postgres_driver import UNAVAILABLE, describe
     from orchestrator.store.postgres_schema import MIGRATIONS, stored_version
-    from orchestrator.store.postgres_tx import UNAVAILABLE, describe
 
     try:
         conn = await asyncpg.connect(url, timeout=connect_timeout)
