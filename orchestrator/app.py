@@ -29,7 +29,7 @@ from orchestrator.outgoing import http_client
 from orchestrator.retention import Retention, RetentionJob
 from orchestrator.scheduler import CronScheduler
 from orchestrator.settings import Settings
-from orchestrator.store import StoreUnavailable, open_store
+from orchestrator.store import Store, StoreUnavailable, open_store
 
 log = structlog.get_logger("orchestrator.app")
 
@@ -116,6 +116,17 @@ def _warn_about(settings: Settings, engine: Engine) -> None:
         )
 
 
+def configured_store(settings: Settings) -> Store:
+    """The store the settings name, not yet opened."""
+    return open_store(
+        settings.database_url,
+        synchronous=settings.sqlite_synchronous,
+        pool_min=settings.database_pool_min,
+        pool_max=settings.database_pool_max,
+        pool_timeout=settings.database_pool_timeout,
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -133,7 +144,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = open_store(settings.database_url, synchronous=settings.sqlite_synchronous)
+        store = configured_store(settings)
         await store.open()
         async with http_client() as http:
             key = settings.callback_key

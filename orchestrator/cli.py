@@ -25,10 +25,12 @@ from orchestrator.app import create_app
 from orchestrator.commands import add_client_commands, read_payload, run_client_command
 from orchestrator.engine import Engine
 from orchestrator.model import WorkflowSpec
+from orchestrator.preflight import check_database_driver, connection_report, open_store_once
 from orchestrator.progress import Progress
 from orchestrator.serve import MainServer, listening_socket, sidecar, uvicorn_config
 from orchestrator.settings import ConfigError, check_handlers, config_path, load_settings
 from orchestrator.signing import new_secret, sign_headers
+from orchestrator.store.postgres_url import redact
 
 log = structlog.get_logger("orchestrator.cli")
 
@@ -74,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the server (hooks, callbacks, admin API)",
         description="Run the orchestrator server until Ctrl-C. Runs left unfinished by an "
-        "earlier process are picked up again: nothing is lost on restart.",
+        "earlier process are picked up again: nothing is lost on restart. Exits 2 if the "
+        "config is invalid, 1 if the store cannot be opened (unreachable, refused, or "
+        "migrated by a newer orchestrator), each with one line saying why.",
     )
     serve.add_argument(
         "--config",
@@ -111,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="validate a config file and import every handler it names",
         description="Validate a config: syntax, fields, the needs graph (no cycle, no unknown "
-        "step) and that every handler imports. Exits 2 and names each problem if any.",
+        "step), that every handler imports and that the database URL can be used. Exits 2 "
+        "and names each problem if any; with --connect, exits 1 if the database does not "
+        "answer or was migrated by a newer orchestrator.",
     )
     check.add_argument(
         "config",
@@ -121,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--config", dest="config_option", metavar="FILE", help="the same, as an option"
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the database and report its schema version (changes nothing)",
     )
 
     triggers = commands.add_parser(
@@ -167,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":
-            return check_command(_check_target(args.config, args.config_option))
+            return check_command(_check_target(args.config, args.config_option), args.connect)
         if args.command == "serve":
             return serve_command(args)
         if args.command == "sign":
@@ -192,10 +203,11 @@ def _check_target(positional: str | None, option: str | None) -> str | None:
     return positional or option
 
 
-def check_command(path: str | None) -> int:
+def check_command(path: str | None, connect: bool = False) -> int:
     source = config_path(path)
     settings = load_settings(source)
     check_handlers(settings, source)
+    check_database_driver(settings, source)
     steps = sum(len(workflow.steps) for workflow in settings.workflows.values())
     print(
         f"{source}: OK: {len(settings.workflows)} workflow(s) with {steps} step(s), "
@@ -209,6 +221,14 @@ def check_command(path: str | None) -> int:
         )
         for line in lines:
             print(f"    {line}")
+    if not connect:
+        print(f"  database: {redact(settings.database_url)} (--connect to try it)")
+        return 0
+    usable, line = connection_report(settings, source)
+    if not usable:
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"  database: {line}")
     return 0
 
 
@@ -303,6 +323,11 @@ def serve_command(args: argparse.Namespace) -> int:
         updates["port"] = args.port
     settings = settings.model_copy(update=updates)
     payload = read_payload(args.payload)
+    check_database_driver(settings, source)
+    problem = open_store_once(settings)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_FAILED
 
     ephemeral_token = None
     if not settings.admin_tokens():
@@ -338,7 +363,7 @@ def serve_command(args: argparse.Namespace) -> int:
             await engine.fire(name, payload, source="cli")
 
     def announce() -> None:
-        log.info("server_ready", url=url, database=settings.database_url, pid=os.getpid())
+        log.info("server_ready", url=url, database=redact(settings.database_url), pid=os.getpid())
         for car in sidecars:
             log.info("sidecar_ready", service=car.service, url=car.url)
         # For people, so on stderr: stdout carries only the progress lines, and the token
@@ -350,8 +375,9 @@ def serve_command(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
             sys.stderr.flush()
 
-    serving.run(MainServer(uvicorn_config(app), on_ready), sock, sidecars)
-    return 0
+    main = MainServer(uvicorn_config(app), on_ready)
+    serving.run(main, sock, sidecars)
+    return 0 if main.started else EXIT_FAILED  # the lifespan failed: uvicorn said why
 
 
 def banner(url: str, sidecars: list[tuple[str, str]], token: str | None, example: str) -> list[str]:

@@ -13,12 +13,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from orchestrator.durations import Duration
 from orchestrator.invoke import HandlerImportError, add_import_roots, load_handler
 from orchestrator.model import NAME_PATTERN, ServiceSpec, TriggerSpec, WorkflowSpec
+from orchestrator.store import url_problem
 
 ENV_PREFIX = "ORCHESTRATOR_"
 DEFAULT_CONFIG = Path("config/orchestrator.toml")
@@ -39,7 +40,22 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         default="sqlite:///orchestrator.db",
-        description="the store: sqlite:///PATH (relative) or sqlite:////PATH (absolute)",
+        description="the store: sqlite:///PATH (relative), sqlite:////PATH (absolute), or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (pip install 'orchestrator[postgres]')",
+    )
+    database_pool_min: int = Field(
+        default=1,
+        ge=0,
+        description="PostgreSQL: connections the pool keeps open even when idle",
+    )
+    database_pool_max: int = Field(
+        default=10,
+        ge=1,
+        description="PostgreSQL: connections at most; transactions beyond it wait their turn",
+    )
+    database_pool_timeout: Duration = Field(
+        default=10.0,
+        description="PostgreSQL: longest wait for a connection before a request is answered 503",
     )
     public_url: str | None = Field(
         default=None,
@@ -111,6 +127,14 @@ class Settings(BaseSettings):
         # The file arrives as init values; the environment must win over it.
         return (env_settings, init_settings)
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, url: str) -> str:
+        problem = url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
+        return url
+
     @model_validator(mode="after")
     def _check_names(self) -> Self:
         kinds = (
@@ -128,6 +152,10 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"triggers.{name}.workflow: unknown workflow {trigger.workflow!r} (workflows: {known})"
                 )
+        if self.database_pool_max < self.database_pool_min:
+            raise ValueError(
+                f"database_pool_max: must be at least database_pool_min ({self.database_pool_min})"
+            )
         if self.retention_runs < max(self.retention_history, 7 * 86400.0):
             raise ValueError(
                 "retention_runs: must be at least retention_history and at least 7d "

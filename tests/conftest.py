@@ -6,6 +6,9 @@ import pytest
 
 from tests.engine import handlers
 
+# The PostgreSQL server of the session (tests/pg.py), for the tests that ask for it.
+pytest_plugins = ["tests.pg"]
+
 
 @pytest.fixture(autouse=True)
 def _reset_handlers() -> None:

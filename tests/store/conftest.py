@@ -16,10 +16,11 @@ from orchestrator.model import JoinPolicy
 from orchestrator.records import Event, Run, Task
 from orchestrator.states import RunState, TaskMove, TaskState
 from orchestrator.store import MemoryStore, SqliteStore, Store
+from orchestrator.store.postgres import PostgresStore
 from orchestrator.task_moves import TaskWrite
+from tests import pg
 
-# A PostgresStore joins by adding its name here and a branch in StoreFactory.new.
-BACKENDS = ["sqlite", "memory"]
+BACKENDS = ["sqlite", "memory", "postgres"]
 
 
 class StoreFactory:
@@ -27,6 +28,8 @@ class StoreFactory:
 
     A MemoryStore is its own database: for it, every store the factory makes is the same
     object, so "a second store on the database" and "the store reopened" are that object.
+    A PostgreSQL "database" is a schema of its own on the session's server (the URL's
+    search_path names it): as fresh as a new database, and made in a few milliseconds.
     """
 
     def __init__(self, backend: str, tmp_path: Path) -> None:
@@ -34,6 +37,15 @@ class StoreFactory:
         self.database = str(tmp_path / "orchestrator.db")
         self._made: list[Store] = []
         self._memory: MemoryStore | None = None
+        self.schema: str | None = None
+        self.url = ""
+
+    async def prepare(self) -> None:
+        """Make the PostgreSQL schema this factory's stores use (other backends: nothing)."""
+        if self.backend != "postgres" or self.schema is not None:
+            return
+        self.schema = await pg.fresh_schema()
+        self.url = pg.server().url(search_path=self.schema)
 
     def new(self) -> Store:
         """A store on this factory's database, not yet opened (closed at teardown anyway)."""
@@ -44,6 +56,10 @@ class StoreFactory:
             if self._memory is None:
                 self._memory = MemoryStore()
             store = self._memory
+        elif self.backend == "postgres":
+            if not self.url:
+                raise RuntimeError("StoreFactory.prepare() makes the PostgreSQL schema first")
+            store = PostgresStore(self.url, pool_min=1, pool_max=4)
         else:
             raise ValueError(f"no store for backend {self.backend!r}")
         self._made.append(store)
@@ -51,6 +67,7 @@ class StoreFactory:
 
     async def open(self) -> Store:
         """A second (third, ...) store on the same database, opened."""
+        await self.prepare()
         store = self.new()
         await store.open()
         return store
@@ -63,6 +80,9 @@ class StoreFactory:
     async def close_all(self) -> None:
         while self._made:
             await self._made.pop().close()
+        if self.schema is not None:
+            await pg.recycle_schema(self.schema)
+            self.schema = None
 
 
 @pytest.fixture(params=BACKENDS)
@@ -75,6 +95,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 async def stores(backend: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     factory = StoreFactory(backend, tmp_path)
     try:
+        await factory.prepare()
         yield factory
     finally:
         await factory.close_all()
