@@ -7,6 +7,7 @@ from orchestrator.store.base import (
     CallbackToken,
     Page,
     Receipt,
+    RejectionCount,
     Store,
     StoreConflict,
     StoreTx,
@@ -22,6 +23,7 @@ __all__ = [
     "MemoryStore",
     "Page",
     "Receipt",
+    "RejectionCount",
     "SqliteStore",
     "Store",
     "StoreConflict",
@@ -32,9 +34,11 @@ __all__ = [
 ]
 
 
-def open_store(url: str, synchronous: str = "FULL") -> Store:
-    """The store for a database URL (not yet opened); ValueError names an unknown scheme."""
+def open_store(url: str, synchronous: str = "FULL", busy_timeout: float = 2.0) -> Store:
+    """The store for a database URL (not yet opened); ValueError names an unknown scheme.
+
+    `busy_timeout`: how long a write may wait for the database before StoreUnavailable."""
     if url.startswith("sqlite:"):
-        return SqliteStore(sqlite_path(url), synchronous=synchronous)
+        return SqliteStore(sqlite_path(url), synchronous=synchronous, busy_timeout=busy_timeout)
     scheme = url.split(":", 1)[0]
     raise ValueError(f"unsupported database URL scheme {scheme!r}: expected sqlite:///PATH")

@@ -29,6 +29,8 @@ from orchestrator.store.base import (
     Page,
     Receipt,
     ReceiptKey,
+    RejectionCount,
+    RejectionKey,
     StepKey,
     StoreUnavailable,
     Unfinished,
@@ -62,6 +64,7 @@ class _Tables:
     receipts: dict[ReceiptKey, tuple[str, float]] = field(default_factory=dict)
     history: list[HistoryEntry] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
+    rejections: dict[RejectionKey, RejectionCount] = field(default_factory=dict)
 
 
 class MemoryTx:
@@ -467,6 +470,42 @@ class MemoryStore:
             tables.events = {k: v for k, v in tables.events.items() if k not in orphans}
             tables.dedup = {k: v for k, v in tables.dedup.items() if v not in orphans}
             return len(doomed)
+
+    async def prune_unattached(self, before: float, limit: int) -> int:
+        async with self._lock:
+            tables = self._tables
+            doomed = [e for e in tables.history if e.run_id is None and e.at < before][:limit]
+            gone = {id(entry) for entry in doomed}
+            tables.history = [e for e in tables.history if id(e) not in gone]
+            old = sorted(key for key in tables.rejections if key[0] < before)[:limit]
+            for key in old:
+                del tables.rejections[key]
+            return len(doomed) + len(old)
+
+    # -- rejection counts and readiness ------------------------------------------------------
+
+    async def add_rejections(self, counts: Sequence[RejectionCount]) -> None:
+        await self.ping()
+        stored = [replace(count, sample=_json(count.sample)) for count in counts]
+        async with self._lock:
+            table = self._tables.rejections
+            for count in stored:
+                before = table.get(count.key)
+                table[count.key] = count if before is None else before.plus(count)
+
+    async def rejections(self, *, since: float = 0.0, limit: int = 1000) -> list[RejectionCount]:
+        keys = sorted(key for key in self._tables.rejections if key[0] >= since)[: max(1, limit)]
+        found = [self._tables.rejections[key] for key in keys]
+        return [replace(count, sample=_json(count.sample)) for count in found]
+
+    async def probe_write(self, within: float) -> None:
+        """The write lock within `within` seconds: what a write needs here."""
+        await self.ping()
+        try:
+            async with asyncio.timeout(within), self._lock:
+                pass
+        except TimeoutError:
+            raise StoreUnavailable(f"no write committed within {within:g} s") from None
 
     # -- restart and deadlines ---------------------------------------------------------------
 
