@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 MAX_GROUP = 512
 BUSY_TIMEOUT = 2.0  # seconds a logical transaction may wait to start (the store_busy_timeout)
+OPENING_SLACK = 1.0  # how much later than that a BEGIN in the thread may report back
 
 
 @dataclass(eq=False, slots=True)
@@ -71,6 +72,7 @@ class GroupCommit:
         self._committing: asyncio.Future[None] | None = None
         self.groups = 0
         self.transactions = 0
+        self.waiting_begins = 0  # BEGINs that had to wait in the thread for another's lock
         # Statements on the event loop must never wait for a lock: BUSY at once, and the
         # waiting BEGIN goes to the thread (_begin).
         conn.execute("PRAGMA busy_timeout = 0")
@@ -86,8 +88,12 @@ class GroupCommit:
         self._queued += 1
         try:
             await self._acquire(deadline)
-        finally:
+        except BaseException:
+            # The open group may have stayed unsealed for this waiter: it is not coming.
             self._queued -= 1
+            self._seal_if_idle()
+            raise
+        self._queued -= 1
         try:
             group = await self._joinable_group(deadline)
             self._conn.execute("SAVEPOINT tx")
@@ -122,7 +128,9 @@ class GroupCommit:
             if self._committing is not None:
                 await self._within(self._committing, deadline)
             elif self._opening is not None:
-                await self._within(self._opening, deadline)
+                # It ends by itself within the wait it was given (SQLite's busy_timeout),
+                # and its outcome is every waiter's: wait for it, with slack for the thread.
+                await self._within(self._opening, deadline + OPENING_SLACK)
             elif self._begin_now():
                 break
             elif deadline <= loop.time():
@@ -160,6 +168,7 @@ class GroupCommit:
 
     async def _begin(self, wait: float) -> None:
         loop = asyncio.get_running_loop()
+        self.waiting_begins += 1
         try:
             await loop.run_in_executor(self._thread, self._begin_waiting, wait)
         except sqlite3.Error as error:
