@@ -42,7 +42,7 @@ NAME_SHOWN = 64  # characters of an attacker-chosen name kept in samples and ans
 DETAIL_SHOWN = 200
 FLUSH_AFTER = 1.0  # seconds after a minute ends, so its last counts join its flush
 RETRY_FIRST, RETRY_MAX = 5.0, 60.0
-MAX_PENDING = 10_000  # keys held while the store is busy; 36 keys a minute at the very most
+MAX_PENDING = 10_000  # keys held while the store is busy; 26 keys a minute at the very most
 MAX_ATTRIBUTED = 10_000  # tasks given a history row in one minute
 FLUSH_KEY = ("rejections", "flush")
 
