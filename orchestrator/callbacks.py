@@ -30,7 +30,7 @@ from orchestrator.http import HttpError, parse_json_object, read_body
 from orchestrator.invoke import HandlerImportError
 from orchestrator.model import StepSpec
 from orchestrator.records import HistoryEntry, Task
-from orchestrator.rejections import Rejections
+from orchestrator.rejections import DETAIL_SHOWN, Rejections, shown
 from orchestrator.signing import SignatureError, verify
 from orchestrator.states import Outcome
 from orchestrator.tokens import task_secret, token_hash
@@ -166,8 +166,8 @@ def _checked_output(engine: Engine, handler_path: str, parsed: CallbackBody) -> 
 
 def _first_problem(error: pydantic.ValidationError) -> str:
     problem = error.errors()[0]
-    where = ".".join(str(part) for part in problem["loc"]) or "body"
-    return f"{where}: {problem['msg']} (expected {{'status': 'succeeded' or 'failed', 'output': ..., 'error': ...}})"
+    where = shown(".".join(str(part) for part in problem["loc"]) or "body")  # keys sent
+    return f"{where}: {shown(str(problem['msg']), DETAIL_SHOWN)} (expected {{'status': 'succeeded' or 'failed', 'output': ..., 'error': ...}})"
 
 
 async def heartbeat(request: Request) -> Response:

@@ -28,7 +28,7 @@ from orchestrator.engine import Engine
 from orchestrator.http import HttpError, parse_json_object, read_body
 from orchestrator.model import WebhookSpec
 from orchestrator.records import HistoryEntry
-from orchestrator.rejections import Rejections, shown
+from orchestrator.rejections import DETAIL_SHOWN, Rejections, shown
 from orchestrator.signing import SignatureError, verify, verify_github, verify_stripe
 
 ROUTE = "/hooks/{trigger}"
@@ -90,8 +90,9 @@ def _payload(webhook: WebhookSpec, payload: dict[str, Any]) -> dict[str, Any]:
         checked: dict[str, Any] = adapter.dump_python(adapter.validate_python(payload), mode="json")
     except pydantic.ValidationError as error:
         problem = error.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "body"
-        raise HttpError(422, "invalid_payload", f"{where}: {problem['msg']}") from None
+        where = shown(".".join(str(part) for part in problem["loc"]) or "body")  # keys sent
+        message = shown(str(problem["msg"]), DETAIL_SHOWN)
+        raise HttpError(422, "invalid_payload", f"{where}: {message}") from None
     return checked
 
 

@@ -25,6 +25,7 @@ from orchestrator.signing import new_secret, sign_headers
 from orchestrator.store import RejectionCount
 from tests.api.conftest import engine_of
 from tests.api.rejected import counted
+from tests.api.test_callbacks import call_back, handed_off
 from tests.engine.conftest import H
 
 AUTH = {"Authorization": "Bearer t"}
@@ -38,7 +39,12 @@ def settings_for(tmp_path: Path) -> Settings:
         {
             "database_url": f"sqlite:///{tmp_path / 'floods.db'}",
             "admin_token": "t",
-            "workflows": {"wf": {"steps": {"one": {"handler": H + "single"}}}},
+            "workflows": {
+                "wf": {"steps": {"one": {"handler": H + "single"}}},
+                "waits": {
+                    "steps": {"wait": {"handler": H + "hand_off", "for_each": "event.items"}}
+                },
+            },
             "triggers": {
                 "push": {"workflow": "wf", "webhook": {"scheme": "standard", "secret": SECRET}}
             },
@@ -109,6 +115,23 @@ async def test_a_long_or_strange_trigger_name_is_echoed_cut_and_escaped(
     assert "bell\\x07and\\u200bzero" in strange.json()["detail"]
     samples = [c.sample["target"] for c in app.state.rejections.pending()]
     assert all(len(target) < NAME_SHOWN + 30 for target in samples)
+
+
+async def test_a_key_name_the_sender_chose_is_echoed_cut(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """A signed callback whose body has a 65,000-character extra key is answered 422 naming
+    the key cut to 64 characters, in the answer and in the task's history alike."""
+    run_id, (ctx,) = await handed_off(app, "waits")
+    response = await call_back(client, ctx, {"status": "succeeded", LONG_NAME: 1})
+    assert (response.status_code, response.json()["error"]) == (422, "invalid_callback")
+    assert len(response.content) < 500
+    (entry,) = [
+        e
+        for e in await engine_of(app).store.history(run_id=run_id)
+        if e.type == "callback_rejected"
+    ]
+    assert len(entry.data["reason"]) < 400
 
 
 async def test_operators_read_the_counts_in_the_admin_api_and_the_metrics(
