@@ -14,8 +14,9 @@ them pending and is tried again later. The pending counts are bounded (MAX_PENDI
 and so is what reaches the store: at most one row per route, reason and minute.
 
 A rejection that names a known task without proving to be its sender (the callback token
-resolved, the signature did not) is also written to the task's history, at most once per
-task and minute, in the background: the answer never waits for the write lock.
+resolved; the signature did not check out, or the body was too large to check) is also
+written to the task's history, at most once per task and minute, in the background: the
+answer never waits for the write lock.
 """
 
 from __future__ import annotations
