@@ -230,3 +230,31 @@ async def test_close_flushes_what_is_pending_and_disarms(parts: Parts) -> None:
     assert parts.timers.due_of(FLUSH_KEY) is None
     parts.counter.count(ROUTE, UNKNOWN)  # a straggler after close is counted, not armed
     assert parts.timers.due_of(FLUSH_KEY) is None
+
+
+async def test_counts_put_back_join_those_of_the_same_key_that_came_meanwhile(
+    parts: Parts,
+) -> None:
+    """A refused flush and new counts of the same minute make one count, with the first
+    sample, once the store takes them."""
+    counter = parts.counter
+    counter.count(ROUTE, UNKNOWN, target="first")
+    parts.store.busy = True
+    await counter.flush()
+    counter.count(ROUTE, UNKNOWN, target="second")
+    assert [(c.count, c.sample["target"]) for c in counter.pending()] == [(2, "first")]
+    parts.store.busy = False
+    await counter.flush()
+    assert [(c.count, c.sample["target"]) for c in await parts.store.rejections()] == [(2, "first")]
+
+
+async def test_counts_a_busy_store_never_took_are_logged_as_lost_at_close(parts: Parts) -> None:
+    """At shutdown, counts the store still refuses are given up with one warning saying how
+    many."""
+    parts.counter.count(ROUTE, UNKNOWN)
+    parts.counter.count(ROUTE, FORGED)
+    parts.store.busy = True
+    with structlog.testing.capture_logs() as logs:
+        await parts.counter.close()
+    lost = [log for log in logs if log["event"] == "rejections_lost"]
+    assert [log["count"] for log in lost] == [2]
