@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from orchestrator import admin, callbacks, hooks
+from orchestrator import admin, admin_rejections, callbacks, hooks
 from orchestrator.callbacks import CallbackLimits
 from orchestrator.drain import Drain, DrainMiddleware
 from orchestrator.engine import Engine
@@ -26,6 +26,8 @@ from orchestrator.invoke import sync_steps_with_timeout
 from orchestrator.metrics import Metrics
 from orchestrator.openapi import document as openapi_document
 from orchestrator.outgoing import http_client
+from orchestrator.readiness import Readiness
+from orchestrator.rejections import Rejections
 from orchestrator.retention import Retention, RetentionJob
 from orchestrator.scheduler import CronScheduler
 from orchestrator.settings import Settings
@@ -41,12 +43,16 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready while the store answers; 503 from the first moment of a graceful shutdown."""
+    """Ready while the store can write (a bounded probe, at most a second old); 503 from
+    the first moment of a graceful shutdown."""
     drain: Drain = request.app.state.drain
     if drain.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
-    engine: Engine = request.app.state.engine
-    await engine.store.ping()
+    readiness: Readiness = request.app.state.readiness
+    problem = await readiness.problem()
+    if problem is not None:
+        body = {"status": "store_unavailable", "error": "store_unavailable", "detail": problem}
+        return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready"})
 
 
@@ -124,6 +130,7 @@ def configured_store(settings: Settings) -> Store:
         pool_min=settings.database_pool_min,
         pool_max=settings.database_pool_max,
         pool_timeout=settings.database_pool_timeout,
+        busy_timeout=settings.store_busy_timeout,
     )
 
 
@@ -161,6 +168,9 @@ def create_app(
                 metrics=metrics,
             )
             app.state.engine = engine
+            rejections = Rejections(store, engine.timers, engine.clock, engine.record, metrics)
+            app.state.rejections = rejections
+            app.state.readiness = Readiness(store, fresh_for=settings.ready_probe_reuse)
             running = [asyncio.ensure_future(job(engine)) for job in background]
             try:
                 await engine.recover()
@@ -175,6 +185,7 @@ def create_app(
                 for job in running:
                     job.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
+                await rejections.close(within=settings.store_busy_timeout)
                 await engine.close()
                 await store.close()
                 elapsed = drain.elapsed()
@@ -195,7 +206,7 @@ def create_app(
         Mount("/hooks", routes=hooks.routes),
         Mount(
             "/admin",
-            routes=admin.routes,
+            routes=[*admin.routes, *admin_rejections.routes],
             middleware=[Middleware(BearerAuth, tokens=settings.admin_tokens())],
         ),
     ]

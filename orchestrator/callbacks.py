@@ -3,8 +3,15 @@
 Order of checks: the token (404), the body size while reading (413), the signature against
 the step's service secrets and the attempt's own secret (401), the JSON shape (400/422),
 the declared output model (422); then the engine's one completion path decides (200
-accepted or duplicate, 409 conflict, 410 gone). Every rejection is recorded in history with
-its reason and changes nothing else. Secrets never appear in answers, logs or history.
+accepted or duplicate, 409 conflict, 410 gone). No rejection changes anything else.
+
+Every rejection is counted (orchestrator/rejections.py). Those after the signature checked
+out are written to the task's history before the answer. Those before it (404, 413, 401)
+need reads only and are answered without waiting for the store's write lock: a sender
+that proved nothing must not cost a row or a wait. When the token named a task, the
+first such rejection of that task in a minute still goes to its history, in the
+background, so a service with a wrong secret or a skewed clock shows up where an operator
+looks (docs/decisions.md, section 20). Secrets never appear in answers, logs or history.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from orchestrator.http import HttpError, parse_json_object, read_body
 from orchestrator.invoke import HandlerImportError
 from orchestrator.model import StepSpec
 from orchestrator.records import HistoryEntry, Task
+from orchestrator.rejections import DETAIL_SHOWN, Rejections, shown
 from orchestrator.signing import SignatureError, verify
 from orchestrator.states import Outcome
 from orchestrator.tokens import task_secret, token_hash
@@ -56,16 +64,36 @@ def _engine(request: Request) -> Engine:
     return engine
 
 
+ROUTES = {
+    "callback_rejected": "/callbacks/{token}",
+    "heartbeat_rejected": "/callbacks/{token}/heartbeat",
+}
+
+
 async def _reject(
-    engine: Engine, task: Task | None, error: HttpError, kind: str = "callback_rejected"
+    request: Request,
+    task: Task | None,
+    error: HttpError,
+    kind: str = "callback_rejected",
+    *,
+    signed: bool = True,
 ) -> HttpError:
-    """Record a rejection in history, then hand back the error to raise."""
-    data = {"status": error.status, "error": error.error, "reason": error.detail}
-    run_id = task.run_id if task else None
-    entry = HistoryEntry(
-        kind, engine.clock(), run_id, task.id if task else None, task.step if task else None, data
-    )
-    await engine.record(entry)
+    """Count a rejection and hand back the error to raise. A `signed` one is written to its
+    task's history first; an unsigned one naming a task is, sampled, in the background."""
+    engine = _engine(request)
+    rejections: Rejections = request.app.state.rejections
+    client = request.client.host if request.client else None
+    rejections.count(ROUTES[kind], error, target=task.id if task else None, client=client)
+    if task is None:
+        return error
+    data: dict[str, object] = {"status": error.status, "error": error.error, "reason": error.detail}
+    if not signed:
+        data["sampled"] = True  # at most one such row per task and minute; all are counted
+    entry = HistoryEntry(kind, engine.clock(), task.run_id, task.id, task.step, data)
+    if signed:
+        await engine.record(entry)
+    else:
+        rejections.attribute(entry)
     return error
 
 
@@ -73,20 +101,19 @@ async def _authenticated(
     request: Request, kind: str
 ) -> tuple[Engine, Task, StepSpec, int, bytes, str]:
     """The task, its step's spec and the attempt behind the token, the raw body, and the
-    verified webhook-id."""
+    verified webhook-id. Reads only: a rejection here never waits for a write."""
     engine = _engine(request)
     limits: CallbackLimits = request.app.state.callback_limits
     found = await engine.store.callback_target(token_hash(request.path_params["token"]))
     if found is None:
-        raise await _reject(
-            engine, None, HttpError(404, "unknown_token", "no task has this callback token"), kind
-        )
+        unknown = HttpError(404, "unknown_token", "no task has this callback token")
+        raise await _reject(request, None, unknown, kind, signed=False)
     task, attempt = found
     step = (await engine.workflow_of(task.run_id)).steps[task.step]
     try:
         body = await read_body(request, limits.body_limit)
     except HttpError as error:
-        raise await _reject(engine, task, error, kind) from None
+        raise await _reject(request, task, error, kind, signed=False) from None
     service = engine.services.get(step.service or "")
     accepted = [
         *(service.secret_values() if service else []),
@@ -95,9 +122,8 @@ async def _authenticated(
     try:
         verified = verify(accepted, request.headers, body, engine.clock(), limits.tolerance)
     except SignatureError as error:
-        raise await _reject(
-            engine, task, HttpError(401, "bad_signature", str(error)), kind
-        ) from None
+        forged = HttpError(401, "bad_signature", str(error))
+        raise await _reject(request, task, forged, kind, signed=False) from None
     return engine, task, step, attempt, body, verified.message_id
 
 
@@ -110,10 +136,10 @@ async def complete(request: Request) -> Response:
         parsed = CallbackBody.model_validate(parse_json_object(body))
         output = _checked_output(engine, step.handler, parsed)
     except HttpError as error:
-        raise await _reject(engine, task, error) from None
+        raise await _reject(request, task, error) from None
     except pydantic.ValidationError as error:
         problem = HttpError(422, "invalid_callback", _first_problem(error))
-        raise await _reject(engine, task, problem) from None
+        raise await _reject(request, task, problem) from None
     verdict, reason = await engine.callback(
         task, attempt, webhook_id, hashlib.sha256(body).hexdigest(),
         Outcome(parsed.status), output, parsed.error,
@@ -140,8 +166,8 @@ def _checked_output(engine: Engine, handler_path: str, parsed: CallbackBody) -> 
 
 def _first_problem(error: pydantic.ValidationError) -> str:
     problem = error.errors()[0]
-    where = ".".join(str(part) for part in problem["loc"]) or "body"
-    return f"{where}: {problem['msg']} (expected {{'status': 'succeeded' or 'failed', 'output': ..., 'error': ...}})"
+    where = shown(".".join(str(part) for part in problem["loc"]) or "body")  # keys sent
+    return f"{where}: {shown(str(problem['msg']), DETAIL_SHOWN)} (expected {{'status': 'succeeded' or 'failed', 'output': ..., 'error': ...}})"
 
 
 async def heartbeat(request: Request) -> Response:

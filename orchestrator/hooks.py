@@ -5,6 +5,11 @@ seconds). A redelivery answers 200 with the same event id and the run it started
 Deduplication is on the sender's delivery id (webhook-id, X-GitHub-Delivery, the Stripe
 event id), or an Idempotency-Key where the sender has none; never on a hash of the body:
 two real deliveries may carry the same body.
+
+Every rejection is counted (orchestrator/rejections.py); only one after a signature checked
+out is also a `hook_rejected` history row. An unknown trigger, a bad signature, a body
+over the limit, or anything refused on a `scheme = "none"` hook costs no row and no wait
+for the store, and the trigger name is echoed cut to 64 characters and escaped.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from orchestrator.engine import Engine
 from orchestrator.http import HttpError, parse_json_object, read_body
 from orchestrator.model import WebhookSpec
 from orchestrator.records import HistoryEntry
+from orchestrator.rejections import DETAIL_SHOWN, Rejections, shown
 from orchestrator.signing import SignatureError, verify, verify_github, verify_stripe
+
+ROUTE = "/hooks/{trigger}"
 
 
 def _engine(request: Request) -> Engine:
@@ -37,16 +45,18 @@ async def receive(request: Request) -> Response:
     name = request.path_params["trigger"]
     trigger = engine.triggers.get(name)
     if trigger is None or trigger.webhook is None:
-        raise await _reject(
-            engine, name, HttpError(404, "unknown_trigger", f"no webhook trigger named {name!r}")
-        )
+        unknown = HttpError(404, "unknown_trigger", f"no webhook trigger named '{shown(name)}'")
+        raise await _reject(request, name, unknown, signed=False)
     webhook = trigger.webhook
     try:
         body = await read_body(request, request.app.state.callback_limits.body_limit)
         delivery = _verify(webhook, request, body, engine.clock())
+    except HttpError as error:
+        raise await _reject(request, name, error, signed=False) from None
+    try:
         payload = _payload(webhook, parse_json_object(body))
     except HttpError as error:
-        raise await _reject(engine, name, error) from None
+        raise await _reject(request, name, error, signed=webhook.scheme != "none") from None
     if webhook.scheme == "stripe":
         delivery = payload.get("id") if isinstance(payload.get("id"), str) else None
     # A signed delivery id wins: an unsigned Idempotency-Key must not turn a replayed signed
@@ -80,8 +90,9 @@ def _payload(webhook: WebhookSpec, payload: dict[str, Any]) -> dict[str, Any]:
         checked: dict[str, Any] = adapter.dump_python(adapter.validate_python(payload), mode="json")
     except pydantic.ValidationError as error:
         problem = error.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "body"
-        raise HttpError(422, "invalid_payload", f"{where}: {problem['msg']}") from None
+        where = shown(".".join(str(part) for part in problem["loc"]) or "body")  # keys sent
+        message = shown(str(problem["msg"]), DETAIL_SHOWN)
+        raise HttpError(422, "invalid_payload", f"{where}: {message}") from None
     return checked
 
 
@@ -92,14 +103,17 @@ def _adapter(path: str) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(getattr(importlib.import_module(module), name))
 
 
-async def _reject(engine: Engine, trigger: str, error: HttpError) -> HttpError:
-    data = {
-        "trigger": trigger,
-        "status": error.status,
-        "error": error.error,
-        "reason": error.detail,
-    }
-    await engine.record(HistoryEntry("hook_rejected", engine.clock(), data=data))
+async def _reject(request: Request, trigger: str, error: HttpError, *, signed: bool) -> HttpError:
+    """Count a rejection and hand back the error to raise; a `signed` one (the sender proved
+    to hold the trigger's secret) is also written to history first."""
+    rejections: Rejections = request.app.state.rejections
+    client = request.client.host if request.client else None
+    rejections.count(ROUTE, error, target=trigger, client=client)
+    if signed:
+        engine = _engine(request)
+        data = {"trigger": trigger, "status": error.status, "error": error.error,
+                "reason": error.detail}  # fmt: skip
+        await engine.record(HistoryEntry("hook_rejected", engine.clock(), data=data))
     return error
 
 

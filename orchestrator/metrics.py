@@ -39,6 +39,14 @@ class Metrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self.rejections = Counter(
+            "rejections",
+            "Requests the inbound routes refused before the engine saw them, by route and "
+            "reason (the error answered: unknown_token, bad_signature, body_too_large, ...).",
+            ["route", "reason"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.tasks_finished = Counter(
             "tasks_finished",
             "Tasks that reached a final state, by workflow, step and state.",
@@ -133,6 +141,7 @@ class Metrics:
         )
         # The callback path is the hot one: its labelled series are looked up once each.
         self._callback_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._rejection_children: dict[tuple[str, str], Counter] = {}
 
     def callback(self, route: str, status: int, seconds: float) -> None:
         """A signed inbound POST was answered: `route` is its template, `status` the answer."""
@@ -146,6 +155,16 @@ class Metrics:
         counted, timed = children
         counted.inc()
         timed.observe(seconds)
+
+    def rejected(self, route: str, reason: str) -> None:
+        """A request to `route` (its template) was refused for `reason`, an error code of
+        the code's own (never a value the client sent): the series stay few."""
+        counter = self._rejection_children.get((route, reason))
+        if counter is None:
+            counter = self._rejection_children[(route, reason)] = self.rejections.labels(
+                route, reason
+            )
+        counter.inc()
 
     def task_finished(self, workflow: str, step: str, state: str, duration: float | None) -> None:
         """A task reached a final state; `duration` is dispatch to finish, if it was dispatched."""

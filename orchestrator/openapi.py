@@ -63,7 +63,42 @@ MALFORMED = _error(
     "not strict JSON within the limits: malformed_json, invalid_utf8, json_too_deep, "
     "json_number_too_large, json_lone_surrogate or json_duplicate_key"
 )
-BUSY = _error("store busy: retry after Retry-After")
+BUSY = _error("store busy: no write within store_busy_timeout; retry after Retry-After")
+READINESS = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"enum": ["ready", "draining", "store_unavailable"]},
+        "error": {"type": "string"},
+        "detail": {"type": "string"},
+    },
+}
+REJECTIONS = {
+    "type": "object",
+    "required": ["since", "counts", "totals", "truncated"],
+    "properties": {
+        "since": {"type": "integer"},
+        "counts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["minute", "route", "reason", "count", "sample"],
+                "properties": {
+                    "minute": {"type": "integer"},
+                    "minute_utc": {"type": "string"},
+                    "route": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "count": {"type": "integer"},
+                    "first_at": {"type": "number"},
+                    "last_at": {"type": "number"},
+                    "sample": {"type": "object"},
+                },
+            },
+        },
+        "totals": {"type": "array", "items": {"type": "object"}},
+        "truncated": {"type": "boolean"},
+    },
+}
 BAD_PARAMETER = _error("bad parameter")
 
 
@@ -80,10 +115,10 @@ PATHS: dict[str, dict[str, Any]] = {
     "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(OBJECT, "alive")}}},
     "/readyz": {
         "get": {
-            "summary": "Readiness: the store answers, and no graceful shutdown has begun",
+            "summary": "Readiness: the store can commit a write, and no graceful shutdown has begun",
             "responses": {
-                "200": _json(OBJECT, "ready"),
-                "503": _error("store unavailable, or draining for shutdown"),
+                "200": _json(READINESS, "ready"),
+                "503": _json(READINESS, "the store cannot write now, or draining for shutdown"),
             },
         }
     },
@@ -250,6 +285,19 @@ PATHS: dict[str, dict[str, Any]] = {
                 _query("run", "only this run"),
                 _query("type", "only these entry types, comma-separated (400 if unknown)"),
                 _query("after", "resume after this id", "integer"),
+            ],
+        )
+    },
+    "/admin/rejections": {
+        "get": _admin(
+            "Requests the inbound routes refused, counted per minute, route and reason",
+            {"200": _json(REJECTIONS, "counts, totals per route and reason"), "400": BAD_PARAMETER},
+            parameters=[
+                _query(
+                    "since",
+                    "minutes from this one on (epoch seconds or ISO 8601; default: the last hour)",
+                ),
+                _query("limit", "at most this many counts, 1-10000", "integer"),
             ],
         )
     },

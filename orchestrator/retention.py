@@ -3,8 +3,10 @@
 After `history_age`, finished runs lose their per-task history and their payloads (event
 payload, task items and outputs); the run, its barriers, its run-level history and the
 events' delivery ids stay, so operators still see what ran and senders' retries still
-dedup. After `runs_age`, the whole run goes. Work is done in batches, each its own short
-transaction, so callbacks queue between batches instead of waiting for the whole sweep.
+dedup. Rows of no run (history entries without a run, such as rejected webhook
+deliveries, and the counts of rejected requests) go after `history_age` too. After
+`runs_age`, the whole run goes. Work is done in batches, each its own short transaction,
+so callbacks queue between batches instead of waiting for the whole sweep.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Swept:
     history: int = 0
     payloads: int = 0
     runs: int = 0
+    unattached: int = 0
 
 
 class RetentionJob:
@@ -55,6 +58,7 @@ class RetentionJob:
                     history=swept.history,
                     payloads=swept.payloads,
                     runs=swept.runs,
+                    unattached=swept.unattached,
                 )
         finally:
             self.arm()
@@ -68,7 +72,10 @@ class RetentionJob:
         )
         payloads = await _drain(lambda: store.prune_payloads(now - self.policy.history_age, batch))
         runs = await _drain(lambda: store.prune_runs(now - self.policy.runs_age, batch))
-        return Swept(history, payloads, runs)
+        unattached = await _drain(
+            lambda: store.prune_unattached(now - self.policy.history_age, batch)
+        )
+        return Swept(history, payloads, runs, unattached)
 
 
 async def _drain(step: Callable[[], Awaitable[int]]) -> int:

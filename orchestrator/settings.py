@@ -101,6 +101,18 @@ class Settings(BaseSettings):
         ge=1,
         description="handler invocations running at once; more ready tasks wait their turn",
     )
+    store_busy_timeout: Duration = Field(
+        default=2.0,
+        gt=0,
+        description="a request that needs a write and cannot get one this soon (another "
+        "process holds the database) is answered 503 with Retry-After",
+    )
+    ready_probe_reuse: Duration = Field(
+        default=1.0,
+        ge=0,
+        description="how long /readyz reuses a successful write probe: a flood of readiness "
+        "checks costs at most one small write per this interval; 0 probes every time",
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
         description="FULL: a commit survives power loss; NORMAL: it survives a process crash",

@@ -7,6 +7,7 @@ from orchestrator.store.base import (
     CallbackToken,
     Page,
     Receipt,
+    RejectionCount,
     Store,
     StoreConflict,
     StoreTx,
@@ -23,6 +24,7 @@ __all__ = [
     "MemoryStore",
     "Page",
     "Receipt",
+    "RejectionCount",
     "SqliteStore",
     "Store",
     "StoreConflict",
@@ -60,13 +62,15 @@ def open_store(
     pool_min: int = 1,
     pool_max: int = 10,
     pool_timeout: float = 10.0,
+    busy_timeout: float = 2.0,
 ) -> Store:
     """The store for a database URL (not yet opened); ValueError says what is wrong with it.
 
-    The pool settings size a PostgreSQL store's connection pool; `synchronous` is SQLite's.
+    The pool settings size a PostgreSQL store's connection pool; `synchronous` is SQLite's;
+    `busy_timeout` is how long a write may wait for the database before StoreUnavailable.
     """
     if url.startswith("sqlite:"):
-        return SqliteStore(sqlite_path(url), synchronous=synchronous)
+        return SqliteStore(sqlite_path(url), synchronous=synchronous, busy_timeout=busy_timeout)
     problem = url_problem(url)
     if problem is not None:
         raise ValueError(problem)

@@ -13,10 +13,11 @@ so every read in a write transaction is already current.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, Protocol, TypeVar
 
 from orchestrator.barrier import Barrier
 from orchestrator.records import Event, HistoryEntry, Run, Task
@@ -88,6 +89,48 @@ class CallbackToken:
     token_hash: str
     task_id: str
     attempt: int
+
+
+RejectionKey = tuple[int, str, str]  # (minute, route, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionCount:
+    """Requests refused at the edge and counted together: one route, one reason, one minute.
+
+    `minute` is the epoch second the minute starts at. `sample` describes the first of
+    them (its status, the detail and target name cut and escaped, the client address): a
+    later count of the same key adds to `count` and keeps the first sample.
+    """
+
+    minute: int
+    route: str
+    reason: str
+    count: int
+    first_at: float
+    last_at: float
+    sample: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> RejectionKey:
+        return (self.minute, self.route, self.reason)
+
+    def plus(self, later: RejectionCount) -> RejectionCount:
+        """This count and `later`'s of the same key together, keeping this sample."""
+        return replace(
+            self,
+            count=self.count + later.count,
+            first_at=min(self.first_at, later.first_at),
+            last_at=max(self.last_at, later.last_at),
+        )
+
+    @classmethod
+    def from_row(cls, row: Any) -> RejectionCount:
+        """From a SQL row with the table's columns (`sample` as JSON text)."""
+        return cls(
+            row["minute"], row["route"], row["reason"], row["count"],
+            row["first_at"], row["last_at"], json.loads(row["sample"]),
+        )  # fmt: skip
 
 
 class StoreTx(Protocol):
@@ -222,6 +265,24 @@ class Store(Protocol):
         """Delete up to `limit` runs finished before `before`, with everything of theirs."""
 
     async def unfinished(self) -> Unfinished: ...
+
+    # -- rows of no run, and readiness (issue 11) ----------------------------------------------
+
+    async def add_rejections(self, counts: Sequence[RejectionCount]) -> None:
+        """Add these counts to the stored ones, in one transaction: a key already stored
+        gets the sum and keeps its first sample."""
+
+    async def rejections(self, *, since: float = 0.0, limit: int = 1000) -> list[RejectionCount]:
+        """Stored counts of the minutes that start at or after `since`, oldest first (then
+        by route and reason), at most `limit`."""
+
+    async def prune_unattached(self, before: float, limit: int) -> int:
+        """Delete up to `limit` rows of no run from before `before`: history entries without
+        a run (rejected deliveries, say) and rejection counts. How many went."""
+
+    async def probe_write(self, within: float) -> None:
+        """Commit a tiny write within `within` seconds, or raise StoreUnavailable: the
+        readiness probe (a store that answers reads may still be unable to write)."""
 
     async def deadlines_before(self, until: float) -> list[Task]:
         """Dispatched tasks of running runs whose deadline is before `until`."""

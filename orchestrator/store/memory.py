@@ -23,6 +23,7 @@ from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState, TaskState
 from orchestrator.store.base import (
     Page,
+    RejectionCount,
     StoreUnavailable,
     Unfinished,
 )
@@ -245,6 +246,42 @@ class MemoryStore:
             tables.events = {k: v for k, v in tables.events.items() if k not in orphans}
             tables.dedup = {k: v for k, v in tables.dedup.items() if v not in orphans}
             return len(doomed)
+
+    async def prune_unattached(self, before: float, limit: int) -> int:
+        async with self._lock:
+            tables = self._tables
+            doomed = [e for e in tables.history if e.run_id is None and e.at < before][:limit]
+            gone = {id(entry) for entry in doomed}
+            tables.history = [e for e in tables.history if id(e) not in gone]
+            old = sorted(key for key in tables.rejections if key[0] < before)[:limit]
+            for key in old:
+                del tables.rejections[key]
+            return len(doomed) + len(old)
+
+    # -- rejection counts and readiness ------------------------------------------------------
+
+    async def add_rejections(self, counts: Sequence[RejectionCount]) -> None:
+        await self.ping()
+        stored = [replace(count, sample=as_json(count.sample)) for count in counts]
+        async with self._lock:
+            table = self._tables.rejections
+            for count in stored:
+                before = table.get(count.key)
+                table[count.key] = count if before is None else before.plus(count)
+
+    async def rejections(self, *, since: float = 0.0, limit: int = 1000) -> list[RejectionCount]:
+        keys = sorted(key for key in self._tables.rejections if key[0] >= since)[: max(1, limit)]
+        found = [self._tables.rejections[key] for key in keys]
+        return [replace(count, sample=as_json(count.sample)) for count in found]
+
+    async def probe_write(self, within: float) -> None:
+        """The write lock within `within` seconds: what a write needs here."""
+        await self.ping()
+        try:
+            async with asyncio.timeout(within), self._lock:
+                pass
+        except TimeoutError:
+            raise StoreUnavailable(f"no write committed within {within:g} s") from None
 
     # -- restart and deadlines ---------------------------------------------------------------
 

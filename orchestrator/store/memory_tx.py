@@ -19,6 +19,8 @@ from orchestrator.store.base import (
     CallbackToken,
     Receipt,
     ReceiptKey,
+    RejectionCount,
+    RejectionKey,
     StepKey,
     StoreUnavailable,
 )
@@ -50,6 +52,7 @@ class Tables:
     receipts: dict[ReceiptKey, tuple[str, float]] = field(default_factory=dict)
     history: list[HistoryEntry] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
+    rejections: dict[RejectionKey, RejectionCount] = field(default_factory=dict)
 
 
 class MemoryTx:

@@ -23,6 +23,7 @@ from orchestrator.store.base import Page, StoreUnavailable, Unfinished
 from orchestrator.store.postgres_driver import UNAVAILABLE, describe, translating
 from orchestrator.store.postgres_schema import migrate
 from orchestrator.store.postgres_tx import PostgresTx
+from orchestrator.store.postgres_upkeep import Upkeep
 from orchestrator.store.postgres_url import redact, scrub
 from orchestrator.store.rows import (
     barrier_from_row,
@@ -51,46 +52,6 @@ SELECT_META = "SELECT value FROM meta WHERE key = $1"
 SELECT_LAST_CRON_FIRE = """
     SELECT max(dedup_key) FROM events
     WHERE trigger = $1 AND dedup_key ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T.*Z$'
-"""
-PRUNE_TASK_HISTORY = """
-    DELETE FROM history WHERE id IN (
-        SELECT history.id FROM runs JOIN history ON history.run_id = runs.id
-        WHERE runs.status <> 'running' AND runs.finished_at < $1 AND history.task_id IS NOT NULL
-        LIMIT $2)
-"""
-PRUNE_TASK_PAYLOADS = """
-    UPDATE tasks SET item = 'null', output = NULL WHERE id IN (
-        SELECT tasks.id FROM runs JOIN tasks ON tasks.run_id = runs.id
-        WHERE runs.status <> 'running' AND runs.finished_at < $1
-          AND (tasks.output IS NOT NULL OR tasks.item <> 'null')
-        LIMIT $2)
-"""
-PRUNE_EVENT_PAYLOADS = """
-    UPDATE events SET payload = '{}' WHERE id IN (
-        SELECT events.id FROM events
-        WHERE events.payload <> '{}' AND events.received_at < $1
-          AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id
-                          AND (runs.status = 'running' OR runs.finished_at >= $1))
-        LIMIT $2)
-"""
-# SKIP LOCKED: replicas sweeping at once share the expired runs instead of queueing.
-SELECT_EXPIRED_RUNS = """
-    SELECT id FROM runs WHERE status <> 'running' AND finished_at < $1
-    LIMIT $2 FOR UPDATE SKIP LOCKED
-"""
-DELETE_RUN_PARTS = [
-    "DELETE FROM callback_receipts WHERE task_id IN"
-    " (SELECT id FROM tasks WHERE run_id = ANY($1::text[]))",
-    "DELETE FROM callback_tokens WHERE task_id IN"
-    " (SELECT id FROM tasks WHERE run_id = ANY($1::text[]))",
-    "DELETE FROM history WHERE run_id = ANY($1::text[])",
-    "DELETE FROM tasks WHERE run_id = ANY($1::text[])",
-    "DELETE FROM barriers WHERE run_id = ANY($1::text[])",
-    "DELETE FROM runs WHERE id = ANY($1::text[])",
-]
-DELETE_ORPHAN_EVENTS = """
-    DELETE FROM events WHERE received_at < $1
-      AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id)
 """
 SELECT_UNFINISHED_TASKS = """
     SELECT tasks.* FROM tasks JOIN runs ON runs.id = tasks.run_id
@@ -122,7 +83,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-class PostgresStore:
+class PostgresStore(Upkeep):
     """The Store protocol on one PostgreSQL database, through a pool of connections."""
 
     def __init__(
@@ -324,30 +285,6 @@ class PostgresStore:
         if row is None:  # pragma: no cover - inserted or kept just above
             raise StoreUnavailable("the server key vanished")
         return bytes.fromhex(row[0])
-
-    # -- retention, in bounded batches, each its own transaction -----------------------------
-
-    async def _sweep(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
-        async with self.transaction() as tx:
-            return sum([await tx.execute(sql, *args) for sql, args in statements])
-
-    async def prune_task_history(self, before: float, limit: int) -> int:
-        return await self._sweep([(PRUNE_TASK_HISTORY, (before, limit))])
-
-    async def prune_payloads(self, before: float, limit: int) -> int:
-        return await self._sweep(
-            [(PRUNE_TASK_PAYLOADS, (before, limit)), (PRUNE_EVENT_PAYLOADS, (before, limit))]
-        )
-
-    async def prune_runs(self, before: float, limit: int) -> int:
-        async with self.transaction() as tx:
-            run_ids = [row["id"] for row in await tx.fetch(SELECT_EXPIRED_RUNS, before, limit)]
-            if run_ids:
-                for statement in DELETE_RUN_PARTS:
-                    await tx.execute(statement, run_ids)
-            # Delivery ids go with their last run, and never before the runs' own age.
-            await tx.execute(DELETE_ORPHAN_EVENTS, before)
-        return len(run_ids)
 
     # -- restart and deadlines ---------------------------------------------------------------
 

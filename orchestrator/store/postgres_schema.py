@@ -115,6 +115,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE meta (key TEXT COLLATE "C" PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: rejections nobody authenticated are counted per minute, route and reason (SQLite's
+    # 6); retention finds history rows of no run by time.
+    """
+    CREATE TABLE rejections (
+        minute BIGINT NOT NULL,
+        route TEXT COLLATE "C" NOT NULL,
+        reason TEXT COLLATE "C" NOT NULL,
+        count BIGINT NOT NULL,
+        first_at DOUBLE PRECISION NOT NULL,
+        last_at DOUBLE PRECISION NOT NULL,
+        sample TEXT NOT NULL,
+        PRIMARY KEY (minute, route, reason)
+    );
+    CREATE INDEX history_unattached ON history (at) WHERE run_id IS NULL;
+    """,
 ]
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

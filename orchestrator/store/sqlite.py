@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,10 +21,11 @@ from orchestrator.barrier import Barrier
 from orchestrator.ids import time_floor
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState
-from orchestrator.store.base import Page, StoreUnavailable, Unfinished
-from orchestrator.store.group_commit import GroupCommit
+from orchestrator.store.base import Page, RejectionCount, StoreUnavailable, Unfinished
+from orchestrator.store.group_commit import BUSY_TIMEOUT, GroupCommit
 from orchestrator.store.rows import (
     barrier_from_row,
+    dumps,
     event_from_row,
     history_from_row,
     run_from_row,
@@ -101,6 +103,29 @@ SELECT_NEXT_DEADLINE = """
     SELECT min(tasks.due_at) FROM tasks JOIN runs ON runs.id = tasks.run_id
     WHERE tasks.state = 'dispatched' AND tasks.due_at >= ? AND runs.status = 'running'
 """
+UPSERT_REJECTION = """
+    INSERT INTO rejections (minute, route, reason, count, first_at, last_at, sample)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (minute, route, reason) DO UPDATE SET
+        count = count + excluded.count,
+        first_at = min(first_at, excluded.first_at),
+        last_at = max(last_at, excluded.last_at)
+"""
+SELECT_REJECTIONS = """
+    SELECT * FROM rejections WHERE minute >= ? ORDER BY minute, route, reason LIMIT ?
+"""
+PRUNE_UNATTACHED_HISTORY = """
+    DELETE FROM history WHERE id IN (
+        SELECT id FROM history WHERE run_id IS NULL AND at < ? ORDER BY at LIMIT ?)
+"""
+PRUNE_REJECTIONS = """
+    DELETE FROM rejections WHERE (minute, route, reason) IN (
+        SELECT minute, route, reason FROM rejections WHERE minute < ? ORDER BY minute LIMIT ?)
+"""
+UPSERT_PROBE = """
+    INSERT INTO meta (key, value) VALUES ('ready_probe', ?)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
 SELECT_WAITING_BARRIERS = """
     SELECT barriers.* FROM barriers JOIN runs ON runs.id = barriers.run_id
     WHERE barriers.status = 'waiting' AND runs.status = 'running'
@@ -124,9 +149,12 @@ class SqliteStore:
     range queries, which may be long and so run in aiosqlite's thread.
     """
 
-    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: str | Path, synchronous: str = "FULL", busy_timeout: float = BUSY_TIMEOUT
+    ) -> None:
         self.path = str(path)
         self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
         self._writer: sqlite3.Connection | None = None
         self._point: sqlite3.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -154,12 +182,12 @@ class SqliteStore:
         except BaseException:
             await self.close()
             raise
-        self._commits = GroupCommit(self._writer)
+        self._commits = GroupCommit(self._writer, busy_timeout=self._busy_timeout)
 
     def _pragmas(self) -> list[str]:
         return [
             "PRAGMA foreign_keys = ON",
-            "PRAGMA busy_timeout = 5000",
+            f"PRAGMA busy_timeout = {max(1, round(self._busy_timeout * 1000))}",
             f"PRAGMA synchronous = {self._synchronous}",
         ]
 
@@ -372,6 +400,44 @@ class SqliteStore:
             return len(run_ids)
 
         return await self._sweep(prune)
+
+    async def prune_unattached(self, before: float, limit: int) -> int:
+        def prune(db: sqlite3.Connection) -> int:
+            history = db.execute(PRUNE_UNATTACHED_HISTORY, (before, limit)).rowcount
+            return history + db.execute(PRUNE_REJECTIONS, (before, limit)).rowcount
+
+        return await self._sweep(prune)
+
+    async def _write(self, work: Callable[[sqlite3.Connection], object], wait: float) -> None:
+        """A few rows' write in its own transaction, on the loop; StoreUnavailable if the
+        transaction cannot start within `wait` seconds."""
+        commits = self._commits
+        if commits is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            async with commits.transaction(wait) as conn:
+                work(conn)
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(str(error)) from error
+
+    async def add_rejections(self, counts: Sequence[RejectionCount]) -> None:
+        rows = [
+            (c.minute, c.route, c.reason, c.count, c.first_at, c.last_at, dumps(c.sample))
+            for c in counts
+        ]
+        if rows:
+            await self._write(lambda db: db.executemany(UPSERT_REJECTION, rows), self._busy_timeout)
+
+    async def rejections(self, *, since: float = 0.0, limit: int = 1000) -> list[RejectionCount]:
+        rows = await self._rows(SELECT_REJECTIONS, (since, max(1, limit)))
+        return [RejectionCount.from_row(row) for row in rows]
+
+    async def probe_write(self, within: float) -> None:
+        try:
+            async with asyncio.timeout(within):
+                await self._write(lambda db: db.execute(UPSERT_PROBE, (repr(time.time()),)), within)
+        except TimeoutError:
+            raise StoreUnavailable(f"no write committed within {within:g} s") from None
 
     async def callback_target(self, token_hash: str) -> tuple[Task, int] | None:
         row = self._lookup(SELECT_CALLBACK_TARGET, (token_hash,))

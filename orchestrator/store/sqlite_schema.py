@@ -106,6 +106,26 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tasks ADD COLUMN queued_at REAL;
     """,
+    # 6: rejections nobody authenticated are counted per minute, route and reason, not
+    # stored one history row each; retention finds rows of no run by time.
+    """
+    CREATE TABLE rejections (
+        minute INTEGER NOT NULL,
+        route TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        sample TEXT NOT NULL,
+        PRIMARY KEY (minute, route, reason)
+    ) WITHOUT ROWID;
+    CREATE INDEX history_unattached ON history (at) WHERE run_id IS NULL;
+    """,
+    # 7: deleting a run's tasks finds their callback tokens by index (the retention sweep,
+    # and the foreign-key check of each deleted task).
+    """
+    CREATE INDEX callback_tokens_by_task ON callback_tokens (task_id);
+    """,
 ]
 
 

@@ -150,8 +150,10 @@ async def test_readyz_answers_503_while_postgres_is_down(
     orchestrators: Callable[..., Orchestrator],
 ) -> None:
     """/readyz is 200 while PostgreSQL answers, 503 while it is stopped, and 200 again once
-    it is back, from the same running server."""
-    server = await orchestrators(config, ORCHESTRATOR_DATABASE_URL=postgres_url).start()
+    it is back, from the same running server (probing at every ask: no reuse of a success)."""
+    server = await orchestrators(
+        config, ORCHESTRATOR_DATABASE_URL=postgres_url, ORCHESTRATOR_READY_PROBE_REUSE="0"
+    ).start()
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         assert (await http.get("/readyz")).status_code == 200
         postgres.stop()

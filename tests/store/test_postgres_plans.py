@@ -17,17 +17,21 @@ from typing import Any
 import asyncpg
 import pytest
 
-from orchestrator.store import postgres, postgres_tx
+from orchestrator.store import postgres, postgres_tx, postgres_upkeep
 from orchestrator.store.postgres_schema import migrate
 from tests import pg
 from tests.pg import PostgresServer
 
-STORE = [
+UPKEEP = [
     "PRUNE_TASK_HISTORY",
     "PRUNE_TASK_PAYLOADS",
     "PRUNE_EVENT_PAYLOADS",
     "SELECT_EXPIRED_RUNS",
     "DELETE_ORPHAN_EVENTS",
+    "PRUNE_UNATTACHED_HISTORY",
+    "PRUNE_REJECTIONS",
+]
+STORE = [
     "SELECT_DEADLINES_BEFORE",
     "SELECT_NEXT_DEADLINE",
     "SELECT_UNFINISHED_TASKS",
@@ -52,8 +56,9 @@ TX = [
     "UPDATE_BARRIERS",
 ]
 STATEMENTS = [
+    *((name, getattr(postgres_upkeep, name)) for name in UPKEEP),
     *((name, getattr(postgres, name)) for name in STORE),
-    *((f"DELETE_RUN_PARTS[{i}]", sql) for i, sql in enumerate(postgres.DELETE_RUN_PARTS)),
+    *((f"DELETE_RUN_PARTS[{i}]", sql) for i, sql in enumerate(postgres_upkeep.DELETE_RUN_PARTS)),
     *((name, getattr(postgres_tx, name)) for name in TX),
 ]
 # A value of each parameter type the statements take, for the planner to plan with.
@@ -100,6 +105,9 @@ POPULATE = """
     SELECT md5(i::text), 'tsk_' || lpad(i::text, 6, '0'), 1 FROM generate_series(1, 20000) AS i;
     INSERT INTO callback_receipts (task_id, webhook_id, body_hash, received_at)
     SELECT 'tsk_' || lpad(i::text, 6, '0'), 'msg', 'h', i FROM generate_series(1, 20000) AS i;
+    INSERT INTO rejections (minute, route, reason, count, first_at, last_at, sample)
+    SELECT i * 60, '/hooks/{trigger}', 'unknown_trigger', 1, i * 60, i * 60, '{}'
+    FROM generate_series(1, 2000) AS i;
     ANALYZE;
 """
 # Partial indexes hold only the rows a statement wants: walking one whole is no scan.
