@@ -22,7 +22,7 @@ import httpx
 from bench import httpcore_shards
 from bench.figures import Figure, median_figure
 from bench.procs import SERVER_CORE, pinned
-from orchestrator import outgoing
+from orchestrator import outgoing, sending
 from orchestrator.serve import event_loop_factory
 
 CONCURRENCY = 200
@@ -42,7 +42,7 @@ async def cpu_per_request(make: Callable[[int], httpx.AsyncClient], url: str, co
         async with slots:  # the way ctx.dispatch sends
             headers = {"Idempotency-Key": f"k{index}"}
             request = client.build_request("POST", url, json=job, headers=headers)
-            (await outgoing.send_plain(client, request)).raise_for_status()
+            (await sending.send_plain(client, request)).raise_for_status()
 
     async with make(32) as client:
         await asyncio.gather(*(post(client, i) for i in range(CONCURRENCY)))

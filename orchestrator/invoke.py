@@ -28,7 +28,7 @@ import pydantic_core
 from orchestrator.durations import parse_duration
 from orchestrator.jsonread import JsonRejected, check_strict
 from orchestrator.model import ServiceSpec, WorkflowSpec
-from orchestrator.outgoing import plain_request, send_plain
+from orchestrator.sending import plain_request, send_plain
 from orchestrator.states import Outcome
 
 T = TypeVar("T")

@@ -6,14 +6,16 @@ import math
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from orchestrator.attempts import timing_for
 from orchestrator.bus import Subscription
-from orchestrator.engine import Engine
 from orchestrator.records import HistoryEntry, Task
-from orchestrator.store import Store
 from orchestrator.timing import Segment, Timing
+
+if TYPE_CHECKING:  # the client commands print progress without loading the engine
+    from orchestrator.engine import Engine
+    from orchestrator.store import Store
 
 _MARKS = {
     "task_succeeded": "✓",

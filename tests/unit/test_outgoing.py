@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from orchestrator.outgoing import http_client, plain_request
+from orchestrator.outgoing import http_client
+from orchestrator.sending import plain_request
 from orchestrator.serve import listening_socket
 
 
