@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## start the orchestrator on SQLite and fire the example morning run
 	$(BIN)/orchestrator serve --config config/orchestrator.toml --sidecar research=handlers.fake_research:create_app --fire morning
 
-test: $(STAMP)  ## run the whole test suite with branch coverage
-	$(BIN)/pytest --cov --cov-report=term-missing:skip-covered
+test: $(STAMP)  ## run the whole test suite with branch coverage, a worker per core
+	$(BIN)/pytest -n auto --cov --cov-report=term-missing:skip-covered
 
 test-all: $(STAMP)  ## the suite with the fuzz tests at full strength (HYPOTHESIS_PROFILE=long, ~10 min)
-	HYPOTHESIS_PROFILE=long $(BIN)/pytest
+	HYPOTHESIS_PROFILE=long $(BIN)/pytest -n auto
 
 lint: $(STAMP)  ## ruff (lint and format) and mypy --strict
 	$(BIN)/ruff check .
