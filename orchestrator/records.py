@@ -51,6 +51,9 @@ class Task:
     thread took it up) and
     `finished_at` when it ended; the wait (queued -> started: limits, a free handler slot,
     backoff) is kept apart from the run (started -> finished).
+
+    `owner` is the replica whose dispatcher holds the task while it is pending or its
+    handler runs: if that replica dies, another takes the task over (replicas.py).
     """
 
     id: str
@@ -69,6 +72,7 @@ class Task:
     dispatch_tries: int = 0
     wait_window: float | None = None
     queued_at: float | None = None
+    owner: str | None = None
 
     def replace(self, **changes: Any) -> Self:
         return replace(self, **changes)

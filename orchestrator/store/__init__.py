@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from orchestrator.store.base import (
+    RECONNECTED,
     BarrierWrite,
     CallbackToken,
+    Notice,
+    NoticeFn,
     Page,
     Receipt,
     RejectionCount,
@@ -19,9 +22,12 @@ from orchestrator.store.postgres_url import EXAMPLE, EXTRA, is_postgres, postgre
 from orchestrator.store.sqlite import SqliteStore, sqlite_path
 
 __all__ = [
+    "RECONNECTED",
     "BarrierWrite",
     "CallbackToken",
     "MemoryStore",
+    "Notice",
+    "NoticeFn",
     "Page",
     "Receipt",
     "RejectionCount",

@@ -14,7 +14,7 @@ so every read in a write transaction is already current.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
@@ -133,6 +133,22 @@ class RejectionCount:
         )  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A note a transaction of another process left for the processes on one database,
+    delivered once it committed (PostgreSQL's LISTEN/NOTIFY). `topic` says what it is
+    about; the special topic RECONNECTED says notices may have been lost meanwhile, so the
+    listener reads the store once for what it might have missed."""
+
+    topic: str
+    payload: str
+
+
+RECONNECTED = "reconnected"
+
+NoticeFn = Callable[[Notice], None]
+
+
 class StoreTx(Protocol):
     # -- events and runs -------------------------------------------------------------------
 
@@ -194,10 +210,33 @@ class StoreTx(Protocol):
     # -- history ---------------------------------------------------------------------------
 
     async def append_history(self, entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
-        """Append entries; returns them with their store-assigned increasing ids."""
+        """Append entries; returns them with their store-assigned increasing ids. Entries
+        are readable (and their ids increasing) in the order their transactions commit."""
+
+    # -- replicas --------------------------------------------------------------------------
+
+    async def lock_runs(self, run_ids: Collection[str]) -> dict[str, Run]:
+        """runs(), locked until the transaction ends where the backend can: two replicas that
+        each opened one of a join's barriers decide, one after the other, whether it starts."""
+
+    async def save_replica(self, replica_id: str, started_at: float, lease_until: float) -> None:
+        """Record the replica, or renew its lease."""
+
+    async def drop_replica(self, replica_id: str, expired_before: float) -> bool:
+        """Remove the replica if its lease ran out before `expired_before`: True for the one
+        transaction that does (it takes the replica's tasks over), False if it renewed."""
+
+    async def owned_tasks(self, owners: Collection[str | None]) -> list[Task]:
+        """The unfinished tasks these replicas own (None: no owner), locked."""
+
+    def notify(self, topic: str, payload: str) -> None:
+        """Tell the other processes on this database, once this transaction commits
+        (nothing if it rolls back); a no-op where no other process can share the store."""
 
 
 class Store(Protocol):
+    shared: bool  # several processes (replicas) may use this database at once
+
     async def open(self) -> None:
         """Connect and migrate the schema forward to the current version."""
 
@@ -286,6 +325,14 @@ class Store(Protocol):
 
     async def deadlines_before(self, until: float) -> list[Task]:
         """Dispatched tasks of running runs whose deadline is before `until`."""
+
+    async def replicas(self) -> dict[str, float]:
+        """Every replica recorded, with the time its lease runs out."""
+
+    async def listen(self, on_notice: NoticeFn) -> None:
+        """From now until close, deliver the notices other processes' transactions leave
+        (and a RECONNECTED notice after any gap in listening); a no-op for a store no other
+        process can share."""
 
     async def next_deadline(self, after: float) -> float | None:
         """The earliest deadline of a dispatched task at or after `after`, if any."""

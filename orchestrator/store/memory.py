@@ -22,6 +22,7 @@ from orchestrator.ids import time_floor
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState, TaskState
 from orchestrator.store.base import (
+    NoticeFn,
     Page,
     RejectionCount,
     StoreUnavailable,
@@ -34,6 +35,8 @@ CRON_KEY = re.compile(r"^\d{4}-\d{2}-\d{2}T.*Z$")
 
 class MemoryStore:
     """The Store protocol in one process's memory."""
+
+    shared = False
 
     def __init__(self) -> None:
         self._tables = Tables()
@@ -75,6 +78,9 @@ class MemoryStore:
         base.receipts.update(new.receipts)
         base.history.extend(new.history)
         base.meta.update(new.meta)
+        base.replicas.update(new.replicas)
+        for gone in new.dropped:
+            base.replicas.pop(gone, None)
         self._next_history_id = tx.next_history_id
         self._next_task_order = tx.next_task_order
 
@@ -310,6 +316,12 @@ class MemoryStore:
             and task.due_at is not None
             and self._running(task.run_id)
         ]
+
+    async def replicas(self) -> dict[str, float]:
+        return {replica_id: lease for replica_id, (_, lease) in self._tables.replicas.items()}
+
+    async def listen(self, on_notice: NoticeFn) -> None:
+        """No other process shares this store: nothing to hear."""
 
     async def deadlines_before(self, until: float) -> list[Task]:
         due = [

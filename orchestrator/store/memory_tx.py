@@ -53,6 +53,8 @@ class Tables:
     history: list[HistoryEntry] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     rejections: dict[RejectionKey, RejectionCount] = field(default_factory=dict)
+    replicas: dict[str, tuple[float, float]] = field(default_factory=dict)  # started, lease
+    dropped: set[str] = field(default_factory=set)  # replicas a transaction removed
 
 
 class MemoryTx:
@@ -230,6 +232,43 @@ class MemoryTx:
     async def insert_meta(self, key: str, value: str) -> None:
         if key not in self._base.meta:
             self.new.meta.setdefault(key, value)
+
+    # -- replicas ----------------------------------------------------------------------------
+
+    async def lock_runs(self, run_ids: Collection[str]) -> dict[str, Run]:
+        return await self.runs(run_ids)  # one writer at a time: every read is locked
+
+    def _replica(self, replica_id: str) -> tuple[float, float] | None:
+        if replica_id in self.new.dropped:
+            return None
+        return self.new.replicas.get(replica_id) or self._base.replicas.get(replica_id)
+
+    async def save_replica(self, replica_id: str, started_at: float, lease_until: float) -> None:
+        self.new.dropped.discard(replica_id)
+        self.new.replicas[replica_id] = (started_at, lease_until)
+
+    async def drop_replica(self, replica_id: str, expired_before: float) -> bool:
+        found = self._replica(replica_id)
+        if found is None or found[1] >= expired_before:
+            return False
+        self.new.replicas.pop(replica_id, None)
+        self.new.dropped.add(replica_id)
+        return True
+
+    async def owned_tasks(self, owners: Collection[str | None]) -> list[Task]:
+        wanted = set(owners)
+        ids = [*self._base.tasks, *(i for i in self.new.tasks if i not in self._base.tasks)]
+        found = (self._task(task_id) for task_id in ids)
+        return [
+            stored_task(task)
+            for task in sorted(
+                (t for t in found if t is not None and t.state in UNFINISHED and t.owner in wanted),
+                key=lambda t: self._creation_order(t.id),
+            )
+        ]
+
+    def notify(self, topic: str, payload: str) -> None:
+        """No other process shares this store: nobody to tell."""
 
     # -- history -----------------------------------------------------------------------------
 

@@ -19,8 +19,9 @@ from orchestrator.barrier import Barrier
 from orchestrator.ids import time_floor
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState
-from orchestrator.store.base import Page, StoreUnavailable, Unfinished
+from orchestrator.store.base import NoticeFn, Page, StoreUnavailable, Unfinished
 from orchestrator.store.postgres_driver import UNAVAILABLE, describe, translating
+from orchestrator.store.postgres_notices import Listener, channel_of
 from orchestrator.store.postgres_schema import migrate
 from orchestrator.store.postgres_tx import PostgresTx
 from orchestrator.store.postgres_upkeep import Upkeep
@@ -37,6 +38,7 @@ from orchestrator.store.rows import (
 PING_TIMEOUT = 5.0
 
 SELECT_RUN = "SELECT * FROM runs WHERE id = $1"
+SELECT_REPLICAS = "SELECT id, lease_until FROM replicas"
 SELECT_RUNS_OF_EVENT = "SELECT * FROM runs WHERE event_id = $1 ORDER BY id"
 SELECT_EVENT = "SELECT * FROM events WHERE id = $1"
 SELECT_TASK = "SELECT * FROM tasks WHERE id = $1"
@@ -84,7 +86,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 class PostgresStore(Upkeep):
-    """The Store protocol on one PostgreSQL database, through a pool of connections."""
+    """The Store protocol on one PostgreSQL database, through a pool of connections: the
+    store several replicas share."""
+
+    shared = True
 
     def __init__(
         self, url: str, *, pool_min: int = 1, pool_max: int = 10, pool_timeout: float = 10.0
@@ -94,6 +99,8 @@ class PostgresStore(Upkeep):
         self._pool_max = max(pool_min, pool_max)
         self._timeout = pool_timeout
         self._pool: asyncpg.Pool | None = None
+        self._channel = "orchestrator"
+        self._listener: Listener | None = None
 
     @property
     def where(self) -> str:
@@ -128,8 +135,14 @@ class PostgresStore(Upkeep):
             await pool.close()
             raise
         self._pool = pool
+        with translating():
+            async with pool.acquire(timeout=self._timeout) as conn:
+                self._channel = channel_of(str(await conn.fetchval("SELECT current_schema()")))
 
     async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -154,8 +167,10 @@ class PostgresStore(Upkeep):
             started = conn.transaction()
             with translating():
                 await started.start()
+            tx = PostgresTx(conn, self._channel)
             try:
-                yield PostgresTx(conn)
+                yield tx
+                await tx.send_notices()
             except BaseException:
                 # The body's own error is the one to raise; a rollback that fails (the
                 # connection is gone) has nothing to add, and the server rolls back anyway.
@@ -287,6 +302,22 @@ class PostgresStore(Upkeep):
         return bytes.fromhex(row[0])
 
     # -- restart and deadlines ---------------------------------------------------------------
+
+    async def replicas(self) -> dict[str, float]:
+        rows = await self._fetch(SELECT_REPLICAS)
+        return {row["id"]: float(row["lease_until"]) for row in rows}
+
+    async def listen(self, on_notice: NoticeFn) -> None:
+        if self._listener is not None:
+            return
+        self._open_pool()
+        listener = Listener(self.url, self._channel, on_notice)
+        try:
+            await listener.start()
+        except (*UNAVAILABLE, asyncpg.PostgresError) as error:
+            cause = scrub(describe(error), self.url)
+            raise StoreUnavailable(f"cannot listen on {self.where}: {cause}") from None
+        self._listener = listener
 
     async def deadlines_before(self, until: float) -> list[Task]:
         return [task_from_row(row) for row in await self._fetch(SELECT_DEADLINES_BEFORE, until)]

@@ -130,6 +130,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX history_unattached ON history (at) WHERE run_id IS NULL;
     """,
+    # 3: replicas and their leases; a task's owner (SQLite's 8).
+    """
+    ALTER TABLE tasks ADD COLUMN owner TEXT COLLATE "C";
+    CREATE INDEX tasks_by_owner ON tasks (owner) WHERE state IN ('pending', 'dispatched');
+    CREATE TABLE replicas (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        started_at DOUBLE PRECISION NOT NULL,
+        lease_until DOUBLE PRECISION NOT NULL
+    );
+    """,
 ]
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -28,6 +28,7 @@ from orchestrator.store.base import (
     StoreConflict,
 )
 from orchestrator.store.postgres_driver import Connection, columns, rounds, text, translating
+from orchestrator.store.postgres_notices import send
 from orchestrator.store.rows import (
     barrier_from_row,
     dumps,
@@ -48,6 +49,7 @@ COPY_ROWS = 256
 TASK_COLUMNS = [
     "id", "run_id", "step", "item_key", "item", "state", "attempt", "due_at", "started_at",
     "finished_at", "output", "error", "awaiting", "dispatch_tries", "wait_window", "queued_at",
+    "owner",
 ]  # fmt: skip
 
 INSERT_EVENT = """
@@ -94,7 +96,7 @@ INSERT_TASKS = f"""
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::int4[], $8::float8[], $9::float8[], $10::float8[],
                          $11::text[], $12::text[], $13::bool[], $14::int4[], $15::float8[],
-                         $16::float8[])
+                         $16::float8[], $17::text[])
 """  # noqa: S608 - the column list is a constant
 SELECT_TASKS = "SELECT * FROM tasks WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
 SELECT_TASKS_OF_STEPS = """
@@ -112,12 +114,12 @@ UPDATE_TASKS = """
     UPDATE tasks SET state = w.state, attempt = w.attempt, due_at = w.due_at,
                      started_at = w.started_at, finished_at = w.finished_at, output = w.output,
                      error = w.error, awaiting = w.awaiting, dispatch_tries = w.dispatch_tries,
-                     wait_window = w.wait_window, queued_at = w.queued_at
+                     wait_window = w.wait_window, queued_at = w.queued_at, owner = w.owner
     FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::int4[], $6::float8[],
                 $7::float8[], $8::float8[], $9::text[], $10::text[], $11::bool[], $12::int4[],
-                $13::float8[], $14::float8[])
+                $13::float8[], $14::float8[], $15::text[])
         AS w(id, was_state, was_attempt, state, attempt, due_at, started_at, finished_at,
-             output, error, awaiting, dispatch_tries, wait_window, queued_at)
+             output, error, awaiting, dispatch_tries, wait_window, queued_at, owner)
     WHERE tasks.id = w.id AND tasks.state = w.was_state AND tasks.attempt = w.was_attempt
     RETURNING tasks.id
 """
@@ -159,6 +161,7 @@ def task_state(task: Task) -> tuple[Any, ...]:
         task.dispatch_tries,
         task.wait_window,
         task.queued_at,
+        task.owner,
     )
 
 
@@ -172,11 +175,32 @@ def barrier_state(barrier: Barrier) -> tuple[Any, ...]:
     )
 
 
+SELECT_LOCKED_RUNS = "SELECT * FROM runs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+UPSERT_REPLICA = """
+    INSERT INTO replicas (id, started_at, lease_until) VALUES ($1, $2, $3)
+    ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until
+"""
+DELETE_EXPIRED_REPLICA = "DELETE FROM replicas WHERE id = $1 AND lease_until < $2"
+SELECT_OWNED_TASKS = """
+    SELECT * FROM tasks WHERE state IN ('pending', 'dispatched')
+      AND (owner = ANY($1::text[]) OR ($2 AND owner IS NULL))
+    ORDER BY seq FOR UPDATE
+"""
+# History ids must become readable in the order they were drawn, or a reader paging by id
+# (the event stream's Last-Event-ID, a replica relaying another's history) would step
+# over an entry whose transaction committed late. So appending history takes this lock,
+# held to COMMIT: the appends of concurrent transactions, and their commits, take turns.
+HISTORY_LOCK = 0x6F72_6368_6869_7374  # "orch hist"
+LOCK_HISTORY = "SELECT pg_advisory_xact_lock($1)"
+
+
 class PostgresTx:
     """The StoreTx of one transaction on one pooled connection."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, channel: str = "orchestrator") -> None:
         self._conn = conn
+        self._channel = channel
+        self.notices: list[tuple[str, str]] = []
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         with translating():
@@ -375,6 +399,34 @@ class PostgresTx:
         ]
         if not rows:
             return []
+        await self.execute(LOCK_HISTORY, HISTORY_LOCK)
         # Identity values are drawn in the order the rows are inserted, which ORDER BY fixes.
         ids = sorted(row["id"] for row in await self.fetch(INSERT_HISTORY, *columns(rows)))
         return [replace(entry, id=history_id) for history_id, entry in zip(ids, batch, strict=True)]
+
+    # -- replicas ----------------------------------------------------------------------------
+
+    async def lock_runs(self, run_ids: Collection[str]) -> dict[str, Run]:
+        if not run_ids:
+            return {}
+        rows = await self.fetch(SELECT_LOCKED_RUNS, list(run_ids))
+        return {row["id"]: run_from_row(row) for row in rows}
+
+    async def save_replica(self, replica_id: str, started_at: float, lease_until: float) -> None:
+        await self.execute(UPSERT_REPLICA, replica_id, started_at, lease_until)
+
+    async def drop_replica(self, replica_id: str, expired_before: float) -> bool:
+        return await self.execute(DELETE_EXPIRED_REPLICA, replica_id, expired_before) == 1
+
+    async def owned_tasks(self, owners: Collection[str | None]) -> list[Task]:
+        named = [owner for owner in owners if owner is not None]
+        rows = await self.fetch(SELECT_OWNED_TASKS, named, None in owners)
+        return [task_from_row(row) for row in rows]
+
+    def notify(self, topic: str, payload: str) -> None:
+        self.notices.append((topic, payload))
+
+    async def send_notices(self) -> None:
+        """The notices, in the transaction's last round trip before COMMIT."""
+        with translating():
+            await send(self._conn, self._channel, self.notices)

@@ -109,6 +109,7 @@ def task_from_row(row: Row) -> Task:
         dispatch_tries=row["dispatch_tries"],
         wait_window=row["wait_window"],
         queued_at=row["queued_at"],
+        owner=row["owner"],
     )
 
 
@@ -138,4 +139,5 @@ def task_state_params(task: Task) -> tuple[Any, ...]:
         task.dispatch_tries,
         task.wait_window,
         task.queued_at,
+        task.owner,
     )

@@ -21,7 +21,7 @@ from orchestrator.barrier import Barrier
 from orchestrator.ids import time_floor
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState
-from orchestrator.store.base import Page, RejectionCount, StoreUnavailable, Unfinished
+from orchestrator.store.base import NoticeFn, Page, RejectionCount, StoreUnavailable, Unfinished
 from orchestrator.store.group_commit import BUSY_TIMEOUT, GroupCommit
 from orchestrator.store.rows import (
     barrier_from_row,
@@ -38,6 +38,7 @@ from orchestrator.store.sqlite_tx import SqliteTx
 MIN_SQLITE = (3, 38, 0)
 
 SELECT_RUN = "SELECT * FROM runs WHERE id = ?"
+SELECT_REPLICAS = "SELECT id, lease_until FROM replicas"
 SELECT_RUNS_OF_EVENT = "SELECT * FROM runs WHERE event_id = ? ORDER BY id"
 SELECT_EVENT = "SELECT * FROM events WHERE id = ?"
 SELECT_TASK = "SELECT * FROM tasks WHERE id = ?"
@@ -147,7 +148,11 @@ class SqliteStore:
     (group_commit.py); a point reader for the primary-key lookups on the callback path,
     run on the event loop (microseconds each); and an aiosqlite reader for the admin's
     range queries, which may be long and so run in aiosqlite's thread.
+
+    One process serves a SQLite file: replicas share a PostgreSQL store instead.
     """
+
+    shared = False
 
     def __init__(
         self, path: str | Path, synchronous: str = "FULL", busy_timeout: float = BUSY_TIMEOUT
@@ -454,6 +459,13 @@ class SqliteStore:
                 await tx.insert_meta("server_key", secrets.token_hex(32))
             rows = list(await self._rows(SELECT_META, ("server_key",)))
         return bytes.fromhex(rows[0][0])
+
+    async def replicas(self) -> dict[str, float]:
+        rows = await self._rows(SELECT_REPLICAS, ())
+        return {row[0]: float(row[1]) for row in rows}
+
+    async def listen(self, on_notice: NoticeFn) -> None:
+        """One process per SQLite file: nothing to hear."""
 
     async def deadlines_before(self, until: float) -> list[Task]:
         return [task_from_row(row) for row in await self._rows(SELECT_DEADLINES_BEFORE, (until,))]

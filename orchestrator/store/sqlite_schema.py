@@ -126,6 +126,17 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX callback_tokens_by_task ON callback_tokens (task_id);
     """,
+    # 8: replicas: each holds a lease it renews; a task has an owner, the replica whose
+    # dispatcher holds it, so that another can take over the tasks of one that died.
+    """
+    ALTER TABLE tasks ADD COLUMN owner TEXT;
+    CREATE INDEX tasks_by_owner ON tasks (owner) WHERE state IN ('pending', 'dispatched');
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        started_at REAL NOT NULL,
+        lease_until REAL NOT NULL
+    );
+    """,
 ]
 
 

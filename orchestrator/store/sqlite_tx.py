@@ -76,8 +76,8 @@ UPDATE_BARRIER = """
 INSERT_TASK = """
     INSERT INTO tasks (id, run_id, step, item_key, item, state, attempt, due_at, started_at,
                        finished_at, output, error, awaiting, dispatch_tries, wait_window,
-                       queued_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       queued_at, owner)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 SELECT_TASK = "SELECT * FROM tasks WHERE id = ?"
 SELECT_TASKS = "SELECT * FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
@@ -96,7 +96,7 @@ SELECT_UNFINISHED_OF_STEP = """
 UPDATE_TASK = """
     UPDATE tasks SET state = ?, attempt = ?, due_at = ?, started_at = ?, finished_at = ?,
                      output = ?, error = ?, awaiting = ?, dispatch_tries = ?, wait_window = ?,
-                     queued_at = ?
+                     queued_at = ?, owner = ?
     WHERE id = ? AND state = ? AND attempt = ?
 """
 INSERT_CAPABILITY = """
@@ -113,6 +113,16 @@ SELECT_RECEIPTS = """
 INSERT_RECEIPT = """
     INSERT INTO callback_receipts (task_id, webhook_id, body_hash, received_at) VALUES (?, ?, ?, ?)
 """
+SELECT_OWNED_TASKS = """
+    SELECT * FROM tasks WHERE state IN ('pending', 'dispatched')
+      AND (owner IN (SELECT value FROM json_each(?)) OR (? AND owner IS NULL))
+    ORDER BY rowid
+"""
+UPSERT_REPLICA = """
+    INSERT INTO replicas (id, started_at, lease_until) VALUES (?, ?, ?)
+    ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until
+"""
+DELETE_EXPIRED_REPLICA = "DELETE FROM replicas WHERE id = ? AND lease_until < ?"
 INSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
 INSERT_HISTORY = """
     INSERT INTO history (at, type, run_id, task_id, step, data) VALUES (?, ?, ?, ?, ?, ?)
@@ -341,6 +351,27 @@ class SqliteTx:
     async def insert_meta(self, key: str, value: str) -> None:
         """Set `key` unless it is already set (first writer wins across replicas)."""
         self._conn.execute(INSERT_META, (key, value))
+
+    # -- replicas ----------------------------------------------------------------------------
+
+    async def lock_runs(self, run_ids: Collection[str]) -> dict[str, Run]:
+        return await self.runs(run_ids)  # SQLite's write lock is already held
+
+    async def save_replica(self, replica_id: str, started_at: float, lease_until: float) -> None:
+        self._conn.execute(UPSERT_REPLICA, (replica_id, started_at, lease_until))
+
+    async def drop_replica(self, replica_id: str, expired_before: float) -> bool:
+        params = (replica_id, expired_before)
+        return self._conn.execute(DELETE_EXPIRED_REPLICA, params).rowcount == 1
+
+    async def owned_tasks(self, owners: Collection[str | None]) -> list[Task]:
+        named = [owner for owner in owners if owner is not None]
+        params = (_keys(named), None in owners)
+        rows = await self._run(OFFLOAD_ROWS + 1, lambda: self._all(SELECT_OWNED_TASKS, params))
+        return await sliced_map(task_from_row, rows)
+
+    def notify(self, topic: str, payload: str) -> None:
+        """One process per SQLite file: nobody to tell."""
 
     # -- history ---------------------------------------------------------------------------
 

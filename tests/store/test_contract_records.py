@@ -245,6 +245,7 @@ async def test_task_fields_round_trip(store: Store) -> None:
         dispatch_tries=2,
         wait_window=45.0,
         queued_at=T0 + 0.5,
+        owner="rep_a",
     )
     # A field added to Task must be added here too, so that the store is seen to keep it.
     defaults = {f.name: f.default for f in fields(Task) if f.default is not MISSING}
