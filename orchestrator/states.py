@@ -9,7 +9,9 @@ Rules:
 * pending -> dispatched when the dispatcher starts the attempt. A dispatched attempt that a
   restart interrupted, or whose hand-off did not get through, is requeued: back to pending
   with the same attempt (at-least-once, same idempotency key). Handing off to a service
-  (await) and a heartbeat (extend) keep it dispatched.
+  (await) and a heartbeat (extend) keep it dispatched. A replica that takes over the
+  tasks of one that died claims them: a pending task stays pending, a task awaiting its
+  callback stays dispatched (a dispatched one whose handler ran there is requeued).
 * A report (succeeded / failed / timed_out) counts only for the current attempt while it is
   dispatched. A succeeded or failed report also counts while that attempt is pending again
   after a hand-off whose outcome was in doubt (a timeout may mean the service did get the
@@ -59,6 +61,7 @@ class TaskMove(StrEnum):
     BACK_OFF = "back_off"  # the attempt failed with attempts left: the next one, later
     CANCEL = "cancel"
     RETRY = "retry"  # an operator re-runs a finished task: a new attempt
+    CLAIM = "claim"  # another replica takes over a task whose owner died
 
 
 TASK_TRANSITIONS: dict[tuple[TaskState, TaskMove], TaskState] = {
@@ -67,6 +70,7 @@ TASK_TRANSITIONS: dict[tuple[TaskState, TaskMove], TaskState] = {
     (TaskState.PENDING, TaskMove.FAIL): TaskState.FAILED,
     (TaskState.PENDING, TaskMove.BACK_OFF): TaskState.PENDING,
     (TaskState.PENDING, TaskMove.CANCEL): TaskState.CANCELLED,
+    (TaskState.PENDING, TaskMove.CLAIM): TaskState.PENDING,
     (TaskState.DISPATCHED, TaskMove.AWAIT): TaskState.DISPATCHED,
     (TaskState.DISPATCHED, TaskMove.EXTEND): TaskState.DISPATCHED,
     (TaskState.DISPATCHED, TaskMove.REQUEUE): TaskState.PENDING,
@@ -75,6 +79,7 @@ TASK_TRANSITIONS: dict[tuple[TaskState, TaskMove], TaskState] = {
     (TaskState.DISPATCHED, TaskMove.TIME_OUT): TaskState.TIMED_OUT,
     (TaskState.DISPATCHED, TaskMove.BACK_OFF): TaskState.PENDING,
     (TaskState.DISPATCHED, TaskMove.CANCEL): TaskState.CANCELLED,
+    (TaskState.DISPATCHED, TaskMove.CLAIM): TaskState.DISPATCHED,
     (TaskState.FAILED, TaskMove.RETRY): TaskState.PENDING,
     (TaskState.TIMED_OUT, TaskMove.RETRY): TaskState.PENDING,
     (TaskState.CANCELLED, TaskMove.RETRY): TaskState.PENDING,

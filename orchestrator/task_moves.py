@@ -2,7 +2,9 @@
 
 Each function takes the task as it was read and returns a `TaskWrite`: the task as it will
 be, and the state and attempt the stored row must still have for the write to apply (the
-store's conditional update decides races, not an in-memory check). A move that
+store's conditional update decides races, not an in-memory check). A move that leaves the
+task ready to start, or starts it, names its new `owner`: the replica whose dispatcher
+holds it from then on. A move that
 TASK_TRANSITIONS does not allow raises IllegalMove: it is a bug, never an input error.
 """
 
@@ -28,14 +30,18 @@ class TaskWrite:
 
 def _moved(task: Task, move: TaskMove, **changes: Any) -> TaskWrite:
     state = next_task_state(task.state, move)
+    if changes.get("owner") is None:
+        changes.pop("owner", None)  # no new owner named: the task keeps its own
     return TaskWrite(task.replace(state=state, **changes), task.state, task.attempt, move)
 
 
-def dispatch(task: Task, now: float, timeout: float | None) -> TaskWrite:
-    """The dispatcher starts the attempt; `timeout` (if any) sets its deadline."""
+def dispatch(task: Task, now: float, timeout: float | None, owner: str | None = None) -> TaskWrite:
+    """The dispatcher of replica `owner` starts the attempt; `timeout` (if any) sets its
+    deadline."""
     return _moved(
         task,
         TaskMove.DISPATCH,
+        owner=owner,
         started_at=now,
         due_at=None if timeout is None else now + timeout,
         awaiting=False,
@@ -60,13 +66,18 @@ def extend(task: Task, now: float) -> TaskWrite:
 
 
 def requeue(
-    task: Task, now: float, not_before: float | None = None, tries: int | None = None
+    task: Task,
+    now: float,
+    not_before: float | None = None,
+    tries: int | None = None,
+    owner: str | None = None,
 ) -> TaskWrite:
     """The same attempt again: after a restart (at once), or after a failed hand-off
     (`not_before`, with `tries` failed hand-offs so far)."""
     return _moved(
         task,
         TaskMove.REQUEUE,
+        owner=owner,
         due_at=not_before,
         started_at=None,
         awaiting=False,
@@ -101,12 +112,18 @@ def settle(
 
 
 def back_off(
-    task: Task, attempt: int, not_before: float, now: float, error: str | None
+    task: Task,
+    attempt: int,
+    not_before: float,
+    now: float,
+    error: str | None,
+    owner: str | None = None,
 ) -> TaskWrite:
     """The attempt failed with attempts left: `attempt` starts no sooner than `not_before`."""
     return _moved(
         task,
         TaskMove.BACK_OFF,
+        owner=owner,
         attempt=attempt,
         due_at=not_before,
         started_at=None,
@@ -122,11 +139,12 @@ def cancel(task: Task, now: float, reason: str) -> TaskWrite:
     return _moved(task, TaskMove.CANCEL, finished_at=now, due_at=None, error=reason)
 
 
-def retry(task: Task, now: float) -> TaskWrite:
+def retry(task: Task, now: float, owner: str | None = None) -> TaskWrite:
     """An operator re-runs a finished task: a new attempt, so a new callback token."""
     return _moved(
         task,
         TaskMove.RETRY,
+        owner=owner,
         attempt=task.attempt + 1,
         due_at=None,
         started_at=None,
@@ -138,3 +156,9 @@ def retry(task: Task, now: float) -> TaskWrite:
         wait_window=None,
         queued_at=now,
     )
+
+
+def claim(task: Task, owner: str) -> TaskWrite:
+    """Replica `owner` takes over a task whose owner died: still pending, or still awaiting
+    its callback (a task whose handler was running there is requeued instead)."""
+    return _moved(task, TaskMove.CLAIM, owner=owner)

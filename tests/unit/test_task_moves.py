@@ -41,14 +41,18 @@ EVENTS = st.one_of(
     st.tuples(st.just("report"), st.sampled_from(list(Outcome)), st.integers(-1, 1)),
     st.tuples(st.just("cancel")),
     st.tuples(st.just("operator_retry")),
+    st.tuples(st.just("claim")),
 )
+
+
+FRESH = Task("tsk_1", "run_1", "step", "", None, queued_at=1000.0)  # as a step creates it
 
 
 @dataclass
 class Life:
     """One task driven through events; what happened to it, for the properties."""
 
-    task: Task = field(default_factory=lambda: Task("tsk_1", "run_1", "step", "", None))
+    task: Task = field(default_factory=lambda: FRESH)
     now: float = 1000.0
     rng: random.Random = field(default_factory=lambda: random.Random(0))  # noqa: S311 - jitter
     writes: list[TaskWrite] = field(default_factory=list)
@@ -93,6 +97,8 @@ class Life:
             return task_moves.cancel(task, now, "run cancelled")
         if kind == "operator_retry":
             return task_moves.retry(task, now)
+        if kind == "claim":
+            return task_moves.claim(task, "rep_other")
         outcome, offset = event[1], event[2]
         assert isinstance(outcome, Outcome)
         assert isinstance(offset, int)
@@ -119,7 +125,7 @@ def test_every_write_is_a_move_of_the_table(events: list[tuple[object, ...]]) ->
     """Each write starts from the task as it was and follows a (state, move) of the table."""
     life = lives(events)
     for before, after in zip(
-        [Task("tsk_1", "run_1", "step", "", None), *[w.task for w in life.writes]],
+        [FRESH, *[w.task for w in life.writes]],
         life.writes,
         strict=False,
     ):
@@ -202,7 +208,7 @@ def test_random_sequences_reach_every_move_of_the_table() -> None:
     rng = random.Random(7)  # noqa: S311 - reproducible sequences
     kinds: list[tuple[object, ...]] = [
         ("dispatch",), ("hand_off",), ("heartbeat",), ("restart",), ("handoff_failed",),
-        ("cancel",), ("operator_retry",),
+        ("cancel",), ("operator_retry",), ("claim",),
         *[("report", outcome, offset) for outcome in Outcome for offset in (-1, 0, 0, 0, 1)],
     ]  # fmt: skip
     for _ in range(400):
