@@ -52,6 +52,7 @@ class FakeResearch:
     delivered: dict[str, int] = field(default_factory=dict)
     on_delivered: Callable[[str, int], None] | None = None
     on_failed: Callable[[str], None] | None = None
+    route: Callable[[str], str] | None = None  # a load balancer: where a delivery goes
     _http: httpx.AsyncClient | None = None
     _pending: set[asyncio.TimerHandle] = field(default_factory=set)
     _delivering: set[asyncio.Task[None]] = field(default_factory=set)
@@ -106,7 +107,8 @@ class FakeResearch:
         }
         try:
             assert self._http is not None  # noqa: S101 - opened by the app's lifespan
-            response = await self._http.post(job.callback_url, content=job.body, headers=headers)
+            url = job.callback_url if self.route is None else self.route(job.callback_url)
+            response = await self._http.post(url, content=job.body, headers=headers)
             delivered = response.status_code < 300 or response.status_code in (409, 410)
         except httpx.TransportError:
             delivered = False

@@ -39,6 +39,8 @@ from orchestrator.states import (
 from orchestrator.store import BarrierWrite, StoreConflict, StoreTx
 from orchestrator.task_moves import TaskWrite
 
+LOCAL = "local"  # the replica id of an engine that shares its store with no other
+
 
 @dataclass(frozen=True, slots=True)
 class Report:
@@ -84,13 +86,25 @@ class _Plan:
 
 
 class Advance:
-    """The run-changing operations of one transaction; effects go to `outbox`."""
+    """The run-changing operations of one transaction; effects go to `outbox`.
 
-    def __init__(self, tx: StoreTx, now: float, rng: random.Random, specs: SpecCache) -> None:
+    `replica` is the process doing the work: the tasks it makes ready (new, retried, backed
+    off) are offered to its own dispatcher, so it becomes their owner.
+    """
+
+    def __init__(
+        self,
+        tx: StoreTx,
+        now: float,
+        rng: random.Random,
+        specs: SpecCache,
+        replica: str = LOCAL,
+    ) -> None:
         self.tx = tx
         self.now = now
         self.rng = rng
         self.specs = specs
+        self.replica = replica
         self.outbox = Outbox()
 
     async def infos(self, run_ids: Iterable[str]) -> dict[str, RunInfo]:
@@ -144,6 +158,10 @@ class Advance:
         return results
 
     def _decide(self, task: Task, report: Report, step: StepSpec) -> Settle | Retry | Ignore:
+        moved = task.due_at is None or task.due_at > self.now
+        if report.source == "timer" and task.state is TaskState.DISPATCHED and moved:
+            # A heartbeat on another replica moved the deadline this timer was set for.
+            return Ignore("the deadline moved")
         policy = RetryPolicy(step.max_attempts, step.backoff, step.backoff_max)
         return decide_report(
             task.state, task.attempt, report.attempt, report.outcome, policy, self.now, self.rng
@@ -152,8 +170,9 @@ class Advance:
     def _write(self, task: Task, report: Report, decision: Settle | Retry) -> TaskWrite:
         if isinstance(decision, Retry):
             return task_moves.back_off(
-                task, decision.attempt, decision.not_before, self.now, report.error
-            )
+                task, decision.attempt, decision.not_before, self.now, report.error,
+                owner=self.replica,
+            )  # fmt: skip
         return task_moves.settle(
             task,
             report.outcome,
@@ -177,7 +196,7 @@ class Advance:
         ids = {"task_id": task.id, "step": task.step}
         # A handler still running for a report from elsewhere (a timer, an operator) is
         # stopped; a callback lets the handler that registered it finish on its own.
-        self.outbox.release(task.id, interrupt=report.source not in ("handler", "callback"))
+        self.outbox.release(task, interrupt=report.source not in ("handler", "callback"))
         if isinstance(plan.decision, Retry):
             failed = self.outbox.note(
                 "task_attempt_failed", self.now, task.run_id, **ids, attempt=report.attempt,
@@ -280,7 +299,7 @@ class Advance:
                     "task_cancelled", self.now, task.run_id, task_id=task.id, step=task.step,
                     reason=reason,
                 )  # fmt: skip
-                self.outbox.release(task.id, interrupt=True)
+                self.outbox.release(task, interrupt=True)
 
         await sliced_each(cancelled, writes)
         return len(applied)
@@ -319,7 +338,9 @@ class Advance:
         wanted = list(dict.fromkeys(run_ids))
         if not wanted:
             return
-        runs = await self.tx.runs(wanted)
+        # Locked: two replicas that each opened one of a join's barriers decide in turn,
+        # so the second sees the first's barrier open and starts the step (exactly once).
+        runs = await self.tx.lock_runs(wanted)
         running = [run for run in runs.values() if run.status is RunState.RUNNING]
         started: dict[str, dict[str, Barrier]] = {run.id: {} for run in running}
         for barrier in await self.tx.barriers_of_runs([run.id for run in running]):
@@ -373,7 +394,15 @@ class Advance:
             info.run_id, name, len(items), step.policy(), self.now, deadline_at
         )
         tasks = [
-            Task(new_id("tsk", self.now), info.run_id, name, key, item, queued_at=self.now)
+            Task(
+                new_id("tsk", self.now),
+                info.run_id,
+                name,
+                key,
+                item,
+                queued_at=self.now,
+                owner=self.replica,
+            )
             for key, item in items
         ]
         self.outbox.note(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from orchestrator.openapi import document as openapi_document
 from orchestrator.outgoing import http_client
 from orchestrator.readiness import Readiness
 from orchestrator.rejections import Rejections
+from orchestrator.replicas import default_replica_id
 from orchestrator.retention import Retention, RetentionJob
 from orchestrator.scheduler import CronScheduler
 from orchestrator.settings import Settings
@@ -122,6 +125,11 @@ def _warn_about(settings: Settings, engine: Engine) -> None:
         )
 
 
+def _stop_this_process() -> None:
+    """A replica that lost its lease stops the way SIGTERM stops it (drained, then out)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def configured_store(settings: Settings) -> Store:
     """The store the settings name, not yet opened."""
     return open_store(
@@ -166,6 +174,9 @@ def create_app(
                 handler_threads=settings.handler_threads,
                 max_running_handlers=settings.max_running_handlers,
                 metrics=metrics,
+                replica=settings.replica_id or default_replica_id(settings.port),
+                lease=settings.replica_lease,
+                on_lease_lost=_stop_this_process,
             )
             app.state.engine = engine
             rejections = Rejections(store, engine.timers, engine.clock, engine.record, metrics)

@@ -58,6 +58,11 @@ class HistoryBus:
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
 
+    @property
+    def listening(self) -> bool:
+        """Whether anyone subscribes (else publishing, and ordering, can be skipped)."""
+        return bool(self._subscribers)
+
     def subscribe(self, maxsize: int = 10_000) -> Subscription:
         subscription = Subscription(self, maxsize)
         self._subscribers.add(subscription)

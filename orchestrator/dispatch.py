@@ -164,14 +164,17 @@ class Dispatcher:
     async def _mark(self, advance: Advance, batch: list[Ready]) -> None:
         """Mark the batch dispatched, with its callback tokens, contexts and history."""
         now, outbox = advance.now, advance.outbox
-        writes = [task_moves.dispatch(item.task, now, item.spec.timeout) for item in batch]
+        writes = [
+            task_moves.dispatch(item.task, now, item.spec.timeout, advance.replica)
+            for item in batch
+        ]
         applied = await advance.tx.write_tasks(writes)
         started = []
         for item, write in zip(batch, writes, strict=True):
             if write.task.id in applied:
                 started.append(Ready(write.task, item.workflow, item.spec))
             else:  # it changed meanwhile (cancelled, completed): nothing to start
-                outbox.release(item.task.id, interrupt=False)
+                outbox.release(item.task, interrupt=False)
         # The tokens are committed before any handler can hand its URL out, so a service
         # that calls back at once never meets a 404.
         await advance.tx.insert_callback_tokens(

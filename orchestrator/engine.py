@@ -14,16 +14,19 @@ calls back into the one that fed it.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import structlog
 
-from orchestrator.advance import Advance, Report
-from orchestrator.applier import Applier
+from orchestrator.advance import LOCAL, Advance, Report
+from orchestrator.applier import RELEASED_TOPIC, Applier
 from orchestrator.bus import HistoryBus
 from orchestrator.capabilities import Capabilities
 from orchestrator.completion import Completion
@@ -37,13 +40,19 @@ from orchestrator.model import ServiceSpec, TriggerSpec, WorkflowSpec
 from orchestrator.observe import EngineFigures
 from orchestrator.outbox import Ready
 from orchestrator.records import HistoryEntry, Task
-from orchestrator.recovery import recover
+from orchestrator.recovery import Recovered, recover
+from orchestrator.relay import TOPIC as HISTORY_TOPIC
+from orchestrator.relay import HistoryRelay
+from orchestrator.replicas import LEASE, Membership
+from orchestrator.replicas import TOPIC as REPLICA_TOPIC
 from orchestrator.rerun import rerun
 from orchestrator.specs import SpecCache
 from orchestrator.states import Outcome, RunMove, RunState
-from orchestrator.store import Store
+from orchestrator.store import RECONNECTED, Notice, Store
 from orchestrator.timers import Clock, TimerHeap
 from orchestrator.verdicts import Verdict
+
+log = structlog.get_logger("orchestrator.engine")
 
 __all__ = ["Engine", "Fired", "RunStateError", "UnknownTarget", "Verdict"]
 
@@ -67,6 +76,9 @@ class Engine:
         deadline_window: float = WINDOW,
         bus: HistoryBus | None = None,
         metrics: Metrics | None = None,
+        replica: str = LOCAL,
+        lease: float = LEASE,
+        on_lease_lost: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.workflows = dict(workflows)
@@ -80,7 +92,13 @@ class Engine:
             handler_threads, thread_name_prefix="handler"
         )
         rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self.applier = Applier(store, self.specs, self.bus, clock, rng)
+        self.replica = replica
+        self.relay = HistoryRelay(store, self.bus, self.timers, clock)
+        self.applier = Applier(store, self.specs, self.relay, clock, rng, replica)
+        self._lease = lease
+        self._on_lease_lost = on_lease_lost
+        self.membership: Membership | None = None
+        self._taking_over = asyncio.Lock()
         self.capabilities = Capabilities(store, public_url, callback_key)
         self.completion = Completion(self.applier, self.timers)
         self.launcher = Launcher(
@@ -234,15 +252,76 @@ class Engine:
         return await self.applier.transact(work)
 
     async def recover(self) -> int:
-        """Pick up after a restart; how many tasks were resumed or are awaiting callbacks."""
-        recovered = await recover(
-            self.store, self.applier, self.capabilities, self.dispatcher, self.deadlines
-        )
+        """Pick up after a restart; how many tasks were resumed or are awaiting callbacks.
+
+        On a shared store this replica also joins the others: it listens to their notices,
+        records its lease, and takes back its earlier self's tasks and any whose replica's
+        lease ran out.
+        """
+        if not self.store.shared:
+            recovered = await self._recover()
+        else:
+            await self.store.listen(self._noticed)
+            self.membership = Membership(
+                self.store, self.timers, self.clock, self.replica, lease=self._lease,
+                on_peer_expired=self._take_over, on_lease_lost=self._lease_lost,
+            )  # fmt: skip
+            joined = await self.membership.join()
+            recovered = await self._recover(joined.owners, joined.expired)
         return recovered.dispatching + recovered.awaiting_callback
+
+    async def _recover(
+        self, owners: frozenset[str | None] | None = None, expired: frozenset[str] = frozenset()
+    ) -> Recovered:
+        async with self._taking_over:
+            return await recover(
+                self.store, self.applier, self.capabilities, self.dispatcher, self.deadlines,
+                owners, expired,
+            )  # fmt: skip
+
+    async def _take_over(self, peer: str) -> bool:
+        """A peer's lease ran out: claim its tasks, unless it renewed or another survivor
+        claimed them first; True if this replica did."""
+        recovered = await self._recover(frozenset(), frozenset({peer}))
+        return peer in recovered.taken_over
+
+    def _lease_lost(self) -> None:
+        if self._on_lease_lost is not None:
+            self._on_lease_lost()
+
+    def _noticed(self, notice: Notice) -> None:
+        """A notice another replica's transaction left (or the listener's reconnection)."""
+        if notice.topic == HISTORY_TOPIC:
+            self.relay.noticed(notice.payload)
+        elif notice.topic == RELEASED_TOPIC:
+            self._released(notice.payload)
+        elif notice.topic == REPLICA_TOPIC and self.membership is not None:
+            self.membership.noticed(notice.payload)
+        elif notice.topic == RECONNECTED:
+            self.relay.reconnected()
+            if self.membership is not None:
+                self.membership.refresh_soon()
+
+    def _released(self, payload: str) -> None:
+        """Another replica finished (or cancelled) tasks this one holds: free their slots."""
+        try:
+            told = json.loads(payload)
+            if told.get("to") != self.replica:
+                return
+            released, stopped = list(map(str, told["ids"])), list(map(str, told["stop"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("released_notice_unreadable", payload=payload[:80])
+            return
+        self.launcher.interrupt(stopped)
+        self.deadlines.forget(released)
+        self.dispatcher.release(released)
 
     async def close(self) -> None:
         await self.dispatcher.close()
         await self.launcher.close()
         await self.completion.close()
+        if self.membership is not None:
+            await self.membership.leave()
+        await self.relay.close()
         await self.timers.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -25,6 +25,8 @@ HISTORY_TYPES: frozenset[str] = frozenset(
         "task_dispatched", "task_dispatch_failed", "task_awaiting_callback", "task_heartbeat",
         "task_attempt_failed", "task_retry_scheduled", "task_retried", "task_requeued",
         *_TASK_ENDS,
+        # replicas (on a shared store)
+        "replica_lost",
         # reports and requests that changed nothing
         "report_ignored", "callback_rejected", "heartbeat_rejected", "hook_rejected",
     }

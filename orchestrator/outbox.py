@@ -54,6 +54,7 @@ class Outbox:
     launch: list[Launch] = field(default_factory=list)  # start these handlers
     released: list[str] = field(default_factory=list)  # no longer in flight: free slots
     interrupted: list[str] = field(default_factory=list)  # stop these handlers
+    owners: dict[str, str | None] = field(default_factory=dict)  # released task -> its owner
     task_deadlines: list[Task] = field(default_factory=list)  # (re)arm, at their due_at
     step_deadlines: list[Barrier] = field(default_factory=list)  # arm, at their deadline_at
     cleared_step_deadlines: list[StepKey] = field(default_factory=list)
@@ -66,8 +67,25 @@ class Outbox:
         self.history.append(entry)
         return entry
 
-    def release(self, task_id: str, interrupt: bool) -> None:
-        """The task is no longer in flight; `interrupt` also stops its handler if it runs."""
-        self.released.append(task_id)
+    def release(self, task: Task, interrupt: bool) -> None:
+        """The task is no longer in flight; `interrupt` also stops its handler if it runs.
+        Its owner (another replica, perhaps) is the one holding its slot and its handler."""
+        self.released.append(task.id)
+        self.owners[task.id] = task.owner
         if interrupt:
-            self.interrupted.append(task_id)
+            self.interrupted.append(task.id)
+
+    def foreign(self, replica: str) -> dict[str, tuple[list[str], list[str]]]:
+        """Released and interrupted task ids by owner, for owners other than `replica`:
+        what the other replicas must be told once this commits."""
+        told: dict[str, tuple[list[str], list[str]]] = {}
+        interrupted = set(self.interrupted)
+        for task_id in self.released:
+            owner = self.owners.get(task_id)
+            if owner is None or owner == replica:
+                continue
+            released, stopped = told.setdefault(owner, ([], []))
+            released.append(task_id)
+            if task_id in interrupted:
+                stopped.append(task_id)
+        return told

@@ -105,7 +105,8 @@ async def _redispatch(
             tries, work.item.spec.backoff, work.item.spec.backoff_max, advance.rng
         )
         due = advance.now + max(failure.retry_after or 0.0, backoff)
-        writes.append((index, work, task_moves.requeue(task, advance.now, due, tries), failure))
+        write = task_moves.requeue(task, advance.now, due, tries, advance.replica)
+        writes.append((index, work, write, failure))
     applied = await advance.tx.write_tasks([write for _, _, write, _ in writes])
     for index, work, write, failure in writes:
         results[index] = write.task.id in applied
@@ -117,7 +118,7 @@ async def _redispatch(
             attempt=task.attempt, error=failure.error, tries=task.dispatch_tries,
             retry_at=task.due_at,
         )  # fmt: skip
-        advance.outbox.release(task.id, interrupt=False)
+        advance.outbox.release(task, interrupt=False)
         assert work.item is not None  # noqa: S101 - checked above
         advance.outbox.ready.append(Ready(task, work.item.workflow, work.item.spec))
     return reports

@@ -42,7 +42,9 @@ async def rerun(advance: Advance, run: Run, reason: str) -> int:
         barrier_writes.append(BarrierWrite(reset, barrier))
         if reset.deadline_at is not None:
             advance.outbox.step_deadlines.append(reset)
-        task_writes += [task_moves.retry(t, advance.now) for t in own if t.state in RETRYABLE]
+        task_writes += [
+            task_moves.retry(t, advance.now, advance.replica) for t in own if t.state in RETRYABLE
+        ]
     if len(await advance.tx.write_barriers(barrier_writes)) != len(barrier_writes):
         raise StoreConflict("a barrier changed under this transaction")
     applied = await advance.tx.write_tasks(task_writes)

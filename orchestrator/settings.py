@@ -101,6 +101,20 @@ class Settings(BaseSettings):
         ge=1,
         description="handler invocations running at once; more ready tasks wait their turn",
     )
+    replica_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="this process's name among replicas sharing one PostgreSQL database; "
+        "default host:port, which a restarted replica keeps (so it takes its own tasks back "
+        "at once)",
+    )
+    replica_lease: Duration = Field(
+        default=30.0,
+        ge=3.0,
+        description="on a shared database, how long a replica that stops renewing its lease "
+        "(renewed every third of it) keeps its tasks before a peer takes them over",
+    )
     store_busy_timeout: Duration = Field(
         default=2.0,
         gt=0,

@@ -309,8 +309,9 @@ async def test_callback_of_a_replaced_attempt_is_gone(
     engine = engine_of(app)
     with engine.bus.subscribe() as subscription:
         _, (first,) = await handed_off(app, "retried")
-        # The first attempt's deadline passes (reported as its timer would).
-        assert await engine.report(first.task_id, 1, Outcome.TIMED_OUT, source="timer")
+        # The first attempt times out (an operator says so: its timer would wait for the
+        # deadline, and ignores a report before it).
+        assert await engine.report(first.task_id, 1, Outcome.TIMED_OUT, source="operator")
         async with asyncio.timeout(5):
             async for entry in subscription:
                 if entry.type == "task_awaiting_callback" and entry.data["attempt"] == 2:

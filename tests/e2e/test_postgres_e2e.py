@@ -61,7 +61,9 @@ async def test_sigkill_mid_run_on_postgres_loses_nothing_and_counts_each_once(
     config.write_text(CRASHY)
     payload = {"items": list(range(50)), "one": [0], "fast": 25, "gate": gate.url}
 
-    first = await orchestrators(config, ORCHESTRATOR_DATABASE_URL=postgres_url).start()
+    # The same replica restarted (the same host and port would give the same id).
+    same = {"ORCHESTRATOR_DATABASE_URL": postgres_url, "ORCHESTRATOR_REPLICA_ID": "only"}
+    first = await orchestrators(config, **same).start()
     async with first.client() as client:
         fired = await client.fire("crashy", payload)
         run_id = fired["run_id"]
@@ -76,7 +78,7 @@ async def test_sigkill_mid_run_on_postgres_loses_nothing_and_counts_each_once(
     await first.kill()
 
     gate.open("slow")
-    second = await orchestrators(config, ORCHESTRATOR_DATABASE_URL=postgres_url).start()
+    second = await orchestrators(config, **same).start()
     history = await follow_to_end(second, run_id)
 
     assert history[-1].type == "run_succeeded"
