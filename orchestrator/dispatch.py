@@ -9,12 +9,18 @@ the next one, so batches grow with the load. A pending task with a not-before ti
 
 At most `max_running` handler coroutines run at once: a remote handler returns as soon as
 it has handed off, so this bounds memory, not the work in flight at services.
+
+On a store several replicas share, limits hold across all of them: the dispatch
+transaction reads the limited lanes' loads under their locks and starts only what fits
+(`limits.admit_shared`). What does not fit is parked, keeping its turn, until a slot may
+have freed: a task of this replica leaves flight, another replica commits (its notice),
+or a full rate window moves on (the timer heap).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 
 import structlog
 
@@ -23,11 +29,12 @@ from orchestrator.advance import Advance, Report
 from orchestrator.applier import Applier
 from orchestrator.capabilities import Capabilities
 from orchestrator.launcher import Contexts
-from orchestrator.limits import Admission
+from orchestrator.limits import Admission, admit_shared
 from orchestrator.outbox import Launch, Ready
 from orchestrator.records import HistoryEntry
 from orchestrator.states import Outcome
 from orchestrator.store import StoreUnavailable
+from orchestrator.store.base import Lane
 from orchestrator.timers import TimerHeap
 
 log = structlog.get_logger("orchestrator.dispatch")
@@ -35,6 +42,7 @@ log = structlog.get_logger("orchestrator.dispatch")
 MAX_RUNNING_HANDLERS = 1024
 BUSY_RETRY_SECONDS = 0.5
 RATE_KEY = ("rate", "wake")
+SHARED_WAKE_KEY = ("rate", "shared")
 
 
 def not_before_key(task_id: str) -> tuple[str, str]:
@@ -53,6 +61,8 @@ class Dispatcher:
         running: Callable[[], int],
         on_failed: Callable[[Report], None],
         max_running: int = MAX_RUNNING_HANDLERS,
+        shared: bool = False,
+        resource_lanes: Mapping[str, Collection[Lane]] | None = None,
     ) -> None:
         self._applier = applier
         self._timers = timers
@@ -62,6 +72,10 @@ class Dispatcher:
         self._on_failed = on_failed
         self._max_running = max_running
         self._admission: Admission[Ready] = Admission()
+        self._shared = shared
+        self._resource_lanes = dict(resource_lanes or {})
+        self._parked: list[Ready] = []  # admitted here, but full across replicas
+        self._deferring: tuple[list[Ready], float | None] = ([], None)
         self._dispatching = 0
         self._soon: asyncio.Handle | None = None
         self._current: asyncio.Task[None] | None = None
@@ -95,11 +109,28 @@ class Dispatcher:
     def release(self, task_ids: Iterable[str]) -> None:
         """These tasks are no longer in flight: free their slots, drop their wake-ups."""
         freed = False
+        gone = set()
         for task_id in task_ids:
             self._timers.cancel(not_before_key(task_id))
             freed = self._admission.release(task_id) or freed
+            gone.add(task_id)
+        if self._parked:
+            self._parked = [item for item in self._parked if item.task.id not in gone]
+            self.unpark()
         if freed:
             self.pump_soon()
+
+    def unpark(self) -> None:
+        """A slot may have freed on some replica: parked tasks try again, in their turn."""
+        if not self._parked:
+            return
+        parked, self._parked = self._parked, []
+        for item in reversed(parked):
+            self._admission.offer(item.lane, item.limits, item.task.id, item, first=True)
+        self.pump_soon()
+
+    async def _unpark_later(self) -> None:
+        self.unpark()
 
     def hold(self, item: Ready) -> None:
         """Count a task already in flight (awaiting its callback) against its limits: at
@@ -137,6 +168,7 @@ class Dispatcher:
         try:
             await self._capabilities.load()  # once; outside the transaction that needs it
             await self._applier.transact(lambda advance: self._mark(advance, batch), admitted_at)
+            self._park(*self._deferring)
         except StoreUnavailable as error:
             log.warning("dispatch_deferred", reason=str(error), tasks=len(batch))
             self._again_later(batch)
@@ -161,9 +193,47 @@ class Dispatcher:
         for item in batch:
             self._timers.schedule(not_before_key(item.task.id), retry_at, self._offer_later(item))
 
+    def _park(self, deferred: list[Ready], wake_at: float | None) -> None:
+        self._deferring = ([], None)
+        if not deferred:
+            return
+        for item in deferred:
+            self._admission.release(item.task.id)
+        self._parked += deferred
+        if wake_at is not None:
+            self._timers.schedule(SHARED_WAKE_KEY, wake_at, self._unpark_later)
+
+    async def _within_shared_limits(self, advance: Advance, batch: list[Ready]) -> list[Ready]:
+        """The part of the batch every replica's load lets start; the rest is deferred."""
+        limited = [item for item in batch if item.limits.bounded]
+        if not limited:
+            return batch
+        resources: dict[str, set[Lane]] = {}
+        for item in limited:
+            if item.limits.resource is not None:
+                named = resources.setdefault(item.limits.resource, set())
+                named.update(self._resource_lanes.get(item.limits.resource, ()))
+                named.add(item.lane)
+        lanes = {item.lane for item in limited}.union(*resources.values())
+        since = {
+            item.lane: advance.now - item.limits.rate.per
+            for item in limited
+            if item.limits.rate is not None
+        }
+        loads = await advance.tx.lane_loads(lanes, since)
+        decided = admit_shared(
+            [(item.lane, item.limits, item) for item in limited], loads, resources, advance.now
+        )
+        self._deferring = (decided.deferred, decided.wake_at)
+        waiting = {id(item) for item in decided.deferred}
+        return [item for item in batch if id(item) not in waiting]
+
     async def _mark(self, advance: Advance, batch: list[Ready]) -> None:
         """Mark the batch dispatched, with its callback tokens, contexts and history."""
         now, outbox = advance.now, advance.outbox
+        self._deferring = ([], None)
+        if self._shared:
+            batch = await self._within_shared_limits(advance, batch)
         writes = [
             task_moves.dispatch(item.task, now, item.spec.timeout, advance.replica)
             for item in batch

@@ -112,6 +112,7 @@ class Engine:
             applier=self.applier, timers=self.timers, capabilities=self.capabilities,
             contexts=contexts, running=lambda: self.launcher.running,
             on_failed=self.completion.reported, max_running=max_running_handlers,
+            shared=store.shared, resource_lanes=_resource_lanes(self.workflows),
         )  # fmt: skip
         self.deadlines = Deadlines(
             store=store, timers=self.timers, clock=clock, window=deadline_window,
@@ -293,12 +294,14 @@ class Engine:
         """A notice another replica's transaction left (or the listener's reconnection)."""
         if notice.topic == HISTORY_TOPIC:
             self.relay.noticed(notice.payload)
+            self.dispatcher.unpark()  # what it committed may have freed a slot
         elif notice.topic == RELEASED_TOPIC:
             self._released(notice.payload)
         elif notice.topic == REPLICA_TOPIC and self.membership is not None:
             self.membership.noticed(notice.payload)
         elif notice.topic == RECONNECTED:
             self.relay.reconnected()
+            self.dispatcher.unpark()
             if self.membership is not None:
                 self.membership.refresh_soon()
 
@@ -325,3 +328,13 @@ class Engine:
         await self.relay.close()
         await self.timers.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _resource_lanes(workflows: Mapping[str, WorkflowSpec]) -> dict[str, list[tuple[str, str]]]:
+    """Each exclusive resource, and the (workflow, step) lanes that name it."""
+    named: dict[str, list[tuple[str, str]]] = {}
+    for workflow, spec in workflows.items():
+        for step, step_spec in spec.steps.items():
+            if step_spec.exclusive is not None:
+                named.setdefault(step_spec.exclusive, []).append((workflow, step))
+    return named

@@ -3,16 +3,21 @@
 Pure bookkeeping with the clock passed in; the dispatcher does the I/O. Tasks of one step
 share a lane (its limits); an exclusive resource is shared by every lane that names it.
 A lane whose rate window is full reports when it may start again, for the timer heap.
+
+`Admission` keeps one process's view. On a store several replicas share, what it admits
+is checked once more against every replica's load, read in the dispatch transaction
+under the lanes' locks (`admit_shared`): the database decides, not one process's memory.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from orchestrator.model import Rate
+from orchestrator.store.base import Lane, LaneLoad
 
 T = TypeVar("T")
 
@@ -22,6 +27,10 @@ class LaneLimits:
     concurrency: int | None = None
     resource: str | None = None
     rate: Rate | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return self.concurrency is not None or self.resource is not None or self.rate is not None
 
 
 @dataclass(slots=True)
@@ -42,13 +51,19 @@ class Admission(Generic[T]):
         # edit between runs) while items admitted under the old ones are still in flight.
         self._admitted: dict[str, tuple[Hashable, str | None]] = {}
 
-    def offer(self, lane: Hashable, limits: LaneLimits, item_id: str, item: T) -> None:
-        """Queue `item` on `lane`; the lane takes the limits of its latest offer."""
+    def offer(
+        self, lane: Hashable, limits: LaneLimits, item_id: str, item: T, first: bool = False
+    ) -> None:
+        """Queue `item` on `lane` (at its head if `first`: it had been admitted once and
+        keeps its turn); the lane takes the limits of its latest offer."""
         state = self._lanes.get(lane)
         if state is None:
             state = self._lanes[lane] = _Lane(limits)
         state.limits = limits
-        state.waiting.append((item_id, item))
+        if first:
+            state.waiting.appendleft((item_id, item))
+        else:
+            state.waiting.append((item_id, item))
 
     def take(self, now: float, room: int | None = None) -> tuple[list[T], float | None]:
         """Items that may start now (at most `room`), and the earliest time a rate-limited
@@ -126,3 +141,51 @@ class Admission(Generic[T]):
         ]
         for key in idle:
             del self._lanes[key]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedAdmission(Generic[T]):
+    """What may start now given every replica's load, what must wait, and when a full rate
+    window lets one more start (None: wait for a slot to free)."""
+
+    admitted: list[T]
+    deferred: list[T]
+    wake_at: float | None
+
+
+def admit_shared(
+    candidates: Sequence[tuple[Lane, LaneLimits, T]],
+    loads: Mapping[Lane, LaneLoad],
+    resource_lanes: Mapping[str, Collection[Lane]],
+    now: float,
+) -> SharedAdmission[T]:
+    """Admit `candidates` in order while each lane's limits hold across replicas: `loads`
+    are the lanes' tasks dispatched now and their starts within the rate window, and an
+    exclusive resource is busy while any lane naming it (`resource_lanes`) has one."""
+    in_flight = {lane: load.in_flight for lane, load in loads.items()}
+    starts = {lane: list(load.starts) for lane, load in loads.items()}
+    busy = {
+        resource: sum(in_flight.get(lane, 0) for lane in set(lanes))
+        for resource, lanes in resource_lanes.items()
+    }
+    admitted: list[T] = []
+    deferred: list[T] = []
+    wake_at: float | None = None
+    for lane, limits, item in candidates:
+        started = starts.setdefault(lane, [])
+        full = limits.concurrency is not None and in_flight.get(lane, 0) >= limits.concurrency
+        taken = limits.resource is not None and busy.get(limits.resource, 0) >= 1
+        if limits.rate is not None and len(started) >= limits.rate.count:
+            # One more may start once enough of the window's starts have left it.
+            frees = started[len(started) - limits.rate.count] + limits.rate.per
+            wake_at = frees if wake_at is None else min(wake_at, frees)
+            full = True
+        if full or taken:
+            deferred.append(item)
+            continue
+        admitted.append(item)
+        in_flight[lane] = in_flight.get(lane, 0) + 1
+        started.append(now)
+        if limits.resource is not None:
+            busy[limits.resource] = busy.get(limits.resource, 0) + 1
+    return SharedAdmission(admitted, deferred, wake_at)

@@ -14,7 +14,7 @@ so every read in a write transaction is already current.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
@@ -133,6 +133,17 @@ class RejectionCount:
         )  # fmt: skip
 
 
+Lane = tuple[str, str]  # (workflow, step): the tasks that share a step's limits
+
+
+@dataclass(frozen=True, slots=True)
+class LaneLoad:
+    """What a lane holds across every replica: tasks dispatched now, and recent starts."""
+
+    in_flight: int = 0
+    starts: tuple[float, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Notice:
     """A note a transaction of another process left for the processes on one database,
@@ -218,6 +229,13 @@ class StoreTx(Protocol):
     async def lock_runs(self, run_ids: Collection[str]) -> dict[str, Run]:
         """runs(), locked until the transaction ends where the backend can: two replicas that
         each opened one of a join's barriers decide, one after the other, whether it starts."""
+
+    async def lane_loads(
+        self, lanes: Collection[Lane], since: Mapping[Lane, float]
+    ) -> dict[Lane, LaneLoad]:
+        """For each (workflow, step) lane: its dispatched tasks, and the start times after
+        `since[lane]` (lanes named there); locked until the transaction ends where the
+        backend can, so two replicas admitting into one lane decide one after the other."""
 
     async def save_replica(self, replica_id: str, started_at: float, lease_until: float) -> None:
         """Record the replica, or renew its lease."""

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,6 +17,8 @@ from orchestrator.states import RunState, TaskState
 from orchestrator.store.base import (
     BarrierWrite,
     CallbackToken,
+    Lane,
+    LaneLoad,
     Receipt,
     ReceiptKey,
     RejectionCount,
@@ -24,6 +26,7 @@ from orchestrator.store.base import (
     StepKey,
     StoreUnavailable,
 )
+from orchestrator.store.lanes import lane_loads_of
 from orchestrator.task_moves import TaskWrite
 
 UNFINISHED = (TaskState.PENDING, TaskState.DISPATCHED)
@@ -237,6 +240,24 @@ class MemoryTx:
 
     async def lock_runs(self, run_ids: Collection[str]) -> dict[str, Run]:
         return await self.runs(run_ids)  # one writer at a time: every read is locked
+
+    async def lane_loads(
+        self, lanes: Collection[Lane], since: Mapping[Lane, float]
+    ) -> dict[Lane, LaneLoad]:
+        wanted = set(lanes)
+        in_flight: dict[Lane, int] = {}
+        started: list[tuple[str, str, float]] = []
+        ids = [*self._base.tasks, *(i for i in self.new.tasks if i not in self._base.tasks)]
+        for task in map(self._task, ids):
+            run = None if task is None else self._run(task.run_id)
+            if task is None or run is None or (run.workflow, task.step) not in wanted:
+                continue
+            lane = (run.workflow, task.step)
+            if task.state is TaskState.DISPATCHED:
+                in_flight[lane] = in_flight.get(lane, 0) + 1
+            if task.started_at is not None:
+                started.append((*lane, task.started_at))
+        return lane_loads_of(wanted, in_flight, started, since)
 
     def _replica(self, replica_id: str) -> tuple[float, float] | None:
         if replica_id in self.new.dropped:

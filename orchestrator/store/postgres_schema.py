@@ -140,6 +140,12 @@ MIGRATIONS: list[str] = [
         lease_until DOUBLE PRECISION NOT NULL
     );
     """,
+    # 4: what admission into a lane counts across replicas (its tasks dispatched now, and
+    # started lately).
+    """
+    CREATE INDEX tasks_in_flight_by_step ON tasks (step) WHERE state = 'dispatched';
+    CREATE INDEX tasks_started_by_step ON tasks (step, started_at) WHERE started_at IS NOT NULL;
+    """,
 ]
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -10,7 +10,7 @@ another replica answers "not applied" instead of overwriting.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,11 +22,14 @@ from orchestrator.states import RunState
 from orchestrator.store.base import (
     BarrierWrite,
     CallbackToken,
+    Lane,
+    LaneLoad,
     Receipt,
     ReceiptKey,
     StepKey,
     StoreConflict,
 )
+from orchestrator.store.lanes import lane_loads_of
 from orchestrator.store.postgres_driver import Connection, columns, rounds, text, translating
 from orchestrator.store.postgres_notices import send
 from orchestrator.store.rows import (
@@ -176,6 +179,22 @@ def barrier_state(barrier: Barrier) -> tuple[Any, ...]:
 
 
 SELECT_LOCKED_RUNS = "SELECT * FROM runs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+# Admission into a lane takes its lock (the two-key form: a key space of its own), held to
+# COMMIT: two replicas admitting into one lane count its tasks one after the other.
+LANE_LOCKS = 0x6C61_6E65  # "lane"
+LOCK_LANES = """
+    SELECT pg_advisory_xact_lock($1, h)
+    FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k ORDER BY h) AS keys
+"""
+LANES_IN_FLIGHT = """
+    SELECT r.workflow, t.step, count(*) FROM tasks t JOIN runs r ON r.id = t.run_id
+    WHERE t.state = 'dispatched' AND t.step = ANY($2::text[]) AND r.workflow = ANY($1::text[])
+    GROUP BY r.workflow, t.step
+"""
+LANES_STARTED = """
+    SELECT r.workflow, t.step, t.started_at FROM tasks t JOIN runs r ON r.id = t.run_id
+    WHERE t.started_at > $3 AND t.step = ANY($2::text[]) AND r.workflow = ANY($1::text[])
+"""
 UPSERT_REPLICA = """
     INSERT INTO replicas (id, started_at, lease_until) VALUES ($1, $2, $3)
     ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until
@@ -411,6 +430,25 @@ class PostgresTx:
             return {}
         rows = await self.fetch(SELECT_LOCKED_RUNS, list(run_ids))
         return {row["id"]: run_from_row(row) for row in rows}
+
+    async def lane_loads(
+        self, lanes: Collection[Lane], since: Mapping[Lane, float]
+    ) -> dict[Lane, LaneLoad]:
+        wanted = list(dict.fromkeys(lanes))
+        if not wanted:
+            return {}
+        await self.execute(LOCK_LANES, LANE_LOCKS, [f"{w}\x1f{s}" for w, s in wanted])
+        workflows, steps = sorted({w for w, _ in wanted}), sorted({s for _, s in wanted})
+        rows = await self.fetch(LANES_IN_FLIGHT, workflows, steps)
+        in_flight = {(row[0], row[1]): int(row[2]) for row in rows}
+        started = []
+        if since:
+            after = min(since.values())
+            started = [
+                (row[0], row[1], float(row[2]))
+                for row in await self.fetch(LANES_STARTED, workflows, steps, after)
+            ]
+        return lane_loads_of(wanted, in_flight, started, since)
 
     async def save_replica(self, replica_id: str, started_at: float, lease_until: float) -> None:
         await self.execute(UPSERT_REPLICA, replica_id, started_at, lease_until)

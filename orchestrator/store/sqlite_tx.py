@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -22,11 +22,14 @@ from orchestrator.states import RunState
 from orchestrator.store.base import (
     BarrierWrite,
     CallbackToken,
+    Lane,
+    LaneLoad,
     Receipt,
     ReceiptKey,
     StepKey,
 )
 from orchestrator.store.group_commit import GroupCommit
+from orchestrator.store.lanes import lane_loads_of
 from orchestrator.store.rows import (
     barrier_from_row,
     dumps,
@@ -117,6 +120,17 @@ SELECT_OWNED_TASKS = """
     SELECT * FROM tasks WHERE state IN ('pending', 'dispatched')
       AND (owner IN (SELECT value FROM json_each(?)) OR (? AND owner IS NULL))
     ORDER BY rowid
+"""
+LANES_IN_FLIGHT = """
+    SELECT r.workflow, t.step, count(*) FROM tasks t JOIN runs r ON r.id = t.run_id
+    WHERE t.state = 'dispatched' AND (r.workflow, t.step) IN
+        (SELECT value ->> 0, value ->> 1 FROM json_each(?))
+    GROUP BY r.workflow, t.step
+"""
+LANES_STARTED = """
+    SELECT r.workflow, t.step, t.started_at FROM tasks t JOIN runs r ON r.id = t.run_id
+    WHERE t.started_at > ? AND (r.workflow, t.step) IN
+        (SELECT value ->> 0, value ->> 1 FROM json_each(?))
 """
 UPSERT_REPLICA = """
     INSERT INTO replicas (id, started_at, lease_until) VALUES (?, ?, ?)
@@ -356,6 +370,23 @@ class SqliteTx:
 
     async def lock_runs(self, run_ids: Collection[str]) -> dict[str, Run]:
         return await self.runs(run_ids)  # SQLite's write lock is already held
+
+    async def lane_loads(
+        self, lanes: Collection[Lane], since: Mapping[Lane, float]
+    ) -> dict[Lane, LaneLoad]:
+        wanted = list(dict.fromkeys(lanes))  # SQLite's write lock is already held
+        if not wanted:
+            return {}
+        rows = self._conn.execute(LANES_IN_FLIGHT, (_keys(wanted),)).fetchall()
+        in_flight = {(row[0], row[1]): int(row[2]) for row in rows}
+        started = []
+        if since:
+            params = (min(since.values()), _keys(list(since)))
+            started = [
+                (row[0], row[1], float(row[2]))
+                for row in self._conn.execute(LANES_STARTED, params).fetchall()
+            ]
+        return lane_loads_of(wanted, in_flight, started, since)
 
     async def save_replica(self, replica_id: str, started_at: float, lease_until: float) -> None:
         self._conn.execute(UPSERT_REPLICA, (replica_id, started_at, lease_until))

@@ -67,3 +67,11 @@ async def research(ctx: Context, item: int) -> AwaitCallback[dict[str, Any]]:
         },
     )
     return ctx.await_callback(timeout="120s")
+
+
+async def use_crm(ctx: Context, item: Any) -> Any:
+    """Uses the CRM tracker named in the event (which counts how many use it at once)."""
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        response = await client.post(f"{ctx.event['tracker']}/use", json={"item": item})
+        response.raise_for_status()
+    return {"item": item}

@@ -1,9 +1,11 @@
-"""Three `orchestrator serve` replicas on one PostgreSQL database, behind a load balancer
-that sends each callback to any of them; one of them is killed with SIGKILL mid-run.
+"""Replicas of `orchestrator serve` on one PostgreSQL database.
 
-What must hold: every task is counted once, the join starts once, the dead replica's
-waiting and pending tasks are taken over by a survivor, and a survivor's live stream
-shows every entry of the run, in id order, whichever replica wrote it.
+Three behind a load balancer that sends each callback to any of them, one killed with
+SIGKILL mid-run while it holds waiting, pending and running tasks: every task is counted
+once, the join starts once, a survivor takes the dead replica's work over, and a
+survivor's live stream shows every entry of the run, in id order, whoever wrote it.
+
+Two that each start tasks naming one exclusive resource: never two at once.
 """
 
 from __future__ import annotations
@@ -17,23 +19,38 @@ from urllib.parse import urlsplit
 
 import pytest
 import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from handlers.fake_research import FakeResearch
 from orchestrator.records import HistoryEntry
-from tests.e2e.conftest import Orchestrator, Research, bound_socket
+from tests.e2e.conftest import Gate, Orchestrator, Research, bound_socket
+from tests.e2e.test_run_end_to_end import follow_to_end
 
 pytestmark = pytest.mark.e2e
 
-TASKS = 200
+TASKS, HELD = 500, 5
 LIMITED = """
 [workflows.research.steps.look]
 handler = "tests.e2e.handlers:research"
 for_each = "event.items"
 concurrency = 25
 
+[workflows.research.steps.hold]
+handler = "tests.e2e.handlers:gated"
+for_each = "event.held"
+
 [workflows.research.steps.done]
 handler = "tests.e2e.handlers:join"
-needs = ["look"]
+needs = ["look", "hold"]
+"""
+EXCLUSIVE = """
+[workflows.crm.steps.use]
+handler = "tests.e2e.handlers:use_crm"
+for_each = "event.items"
+exclusive = "crm"
 """
 
 
@@ -71,6 +88,7 @@ async def balanced() -> AsyncIterator[tuple[Research, Balancer]]:
 async def test_three_replicas_finish_a_run_once_after_one_is_killed(
     tmp_path: Path,
     balanced: tuple[Research, Balancer],
+    gate: Gate,
     orchestrators: Callable[..., Orchestrator],
     postgres_url: str,
 ) -> None:
@@ -85,18 +103,24 @@ async def test_three_replicas_finish_a_run_once_after_one_is_killed(
     first, survivor, _ = replicas
     balancer.replicas = [server.url for server in replicas]
 
+    payload = {
+        "items": list(range(TASKS)), "service": research.url,
+        "held": list(range(HELD)), "gate": gate.url, "gate_name": "hold",
+    }  # fmt: skip
     async with first.client() as client:
-        fired = await client.fire(
-            "research", {"items": list(range(TASKS)), "service": research.url}
-        )
+        fired = await client.fire("research", payload)
     run_id = fired["run_id"]
+    await gate.arrived("hold", HELD)  # r1 runs the handlers of `hold`, held at the gate
     streamed: list[HistoryEntry] = []
-    async with survivor.client() as client, asyncio.timeout(90):
+    async with survivor.client() as client, asyncio.timeout(120):
         async for entry in client.stream(after=0, run_id=run_id):
             streamed.append(entry)
             looked = sum(e.type == "task_succeeded" and e.step == "look" for e in streamed)
             if looked == 50 and first.process is not None and first.process.returncode is None:
-                await first.kill()  # it owns every task of `look`: 150 waiting or pending
+                # It owns every task: of `look`, 25 waiting and 425 pending; of `hold`, 5
+                # whose handlers are running.
+                await first.kill()
+                gate.open("hold")
             if entry.type in ("run_succeeded", "run_failed"):
                 break
 
@@ -112,7 +136,16 @@ async def test_three_replicas_finish_a_run_once_after_one_is_killed(
     settled = Counter(e.task_id for e in stored if e.type == "task_succeeded" and e.step == "look")
     assert len(settled) == TASKS
     assert set(settled.values()) == {1}
-    assert [e.step for e in stored if e.type == "step_started"] == ["look", "done"]
+    started = sorted(e.step or "" for e in stored if e.type == "step_started")
+    assert started == ["done", "hold", "look"]
+    held = Counter(e.task_id for e in stored if e.type == "task_succeeded" and e.step == "hold")
+    assert len(held) == HELD
+    assert set(held.values()) == {1}
+    requeued = [e for e in stored if e.type == "task_requeued"]
+    assert {e.step for e in requeued} == {"hold"}, "running handlers start again elsewhere"
+    assert {e.data["reason"] for e in requeued} == {
+        "its replica stopped renewing its lease while it ran"
+    }
     lost = [e for e in everything if e.type == "replica_lost"]
     assert len(lost) == 1, "one survivor took the dead replica's tasks over"
     assert lost[0].data["replica"] == "r1"
@@ -123,6 +156,68 @@ async def test_three_replicas_finish_a_run_once_after_one_is_killed(
     look = next(b for b in detail["barriers"] if b["step"] == "look")
     assert (look["succeeded"], look["failed"]) == (TASKS, 0)
     done = next(t for t in detail["tasks"] if t["step"] == "done")
-    assert done["output"] == {"look": TASKS}
+    assert done["output"] == {"look": TASKS, "hold": HELD}
     for server in replicas[1:]:
+        assert await server.stop()
+
+
+class Tracker:
+    """A CRM that counts how many callers use it at once (each use takes 50 ms)."""
+
+    def __init__(self) -> None:
+        self.using = 0
+        self.most = 0
+        self.uses = 0
+        self.url = ""
+
+    async def use(self, request: Request) -> Response:
+        self.using += 1
+        self.uses += 1
+        self.most = max(self.most, self.using)
+        try:
+            await asyncio.sleep(0.05)  # the service's work takes this long
+        finally:
+            self.using -= 1
+        return JSONResponse({"ok": True})
+
+
+@pytest.fixture
+async def tracker() -> AsyncIterator[Tracker]:
+    tracker = Tracker()
+    app = Starlette(routes=[Route("/use", tracker.use, methods=["POST"])])
+    sock = bound_socket()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off"))
+    tracker.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    yield tracker
+    server.should_exit = True
+    await task
+    sock.close()
+
+
+async def test_an_exclusive_resource_is_used_by_one_task_at_a_time_across_replicas(
+    tmp_path: Path,
+    tracker: Tracker,
+    orchestrators: Callable[..., Orchestrator],
+    postgres_url: str,
+) -> None:
+    """Two replicas each start a run of 8 tasks naming `crm`: the 16 run one at a time."""
+    config = tmp_path / "crm.toml"
+    config.write_text(EXCLUSIVE)
+    env = {"ORCHESTRATOR_DATABASE_URL": postgres_url}
+    replicas = [
+        await orchestrators(config, ORCHESTRATOR_REPLICA_ID=name, **env).start()
+        for name in ("r1", "r2")
+    ]
+    payload = {"items": list(range(8)), "tracker": tracker.url}
+    fired = []
+    for server in replicas:
+        async with server.client() as client:
+            fired.append((server, (await client.fire("crm", payload))["run_id"]))
+    for server, run_id in fired:
+        history = await follow_to_end(server, run_id)
+        assert history[-1].type == "run_succeeded"
+    assert tracker.uses == 16
+    assert tracker.most == 1, "crm was never used by two tasks at once"
+    for server in replicas:
         assert await server.stop()

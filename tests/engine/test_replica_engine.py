@@ -18,7 +18,7 @@ from orchestrator.engine import Engine
 from orchestrator.outbox import Outbox
 from orchestrator.records import Task
 from orchestrator.states import Outcome, TaskState
-from orchestrator.store import MemoryStore, Store
+from orchestrator.store import MemoryStore, Notice, Store
 from tests.engine import handlers
 from tests.engine.conftest import workflow
 
@@ -149,3 +149,38 @@ def test_released_tasks_of_other_replicas_are_told_to_their_owners() -> None:
         outbox.release(task, interrupt)
     told: dict[str, Any] = outbox.foreign("me")
     assert told == {"peer": (["t2", "t3"], ["t3"])}
+
+
+async def test_an_exclusive_resource_is_held_across_replicas(
+    make_engine: MakeEngine, store: Store
+) -> None:
+    """rep-a's task holds crm (awaiting its callback); rep-b's run, admitted by rep-b's own
+    view, waits in the database's view until rep-a's task ends and a notice says so."""
+    first = make_engine(SPEC, replica="rep-a")
+    second = make_engine(SPEC, replica="rep-b")
+    await first.recover()
+    await second.recover()
+    first_run = await one_awaiting(first, items=1)
+    parked = asyncio.Event()
+    park = second.dispatcher._park
+
+    def parking(deferred: list[Any], wake_at: float | None) -> None:
+        park(deferred, wake_at)
+        if deferred:
+            parked.set()
+
+    second.dispatcher._park = parking  # type: ignore[method-assign]
+    with second.bus.subscribe() as subscription:
+        second_run = (await second.fire("wf", {"items": [7]})).run_id
+        assert second_run is not None
+        async with asyncio.timeout(5):
+            await parked.wait()  # its dispatch found crm busy: nothing committed, parked
+        [waiting] = await tasks_of(store, second_run)
+        assert waiting.state is TaskState.PENDING, "crm is busy on rep-a"
+        [holding] = await tasks_of(store, first_run)
+        assert await first.report(holding.id, holding.attempt, Outcome.SUCCEEDED, output={})
+        second._noticed(Notice("history", "1"))  # what PostgreSQL would carry from rep-a
+        async with asyncio.timeout(5):
+            async for entry in subscription:
+                if entry.type == "task_awaiting_callback" and entry.run_id == second_run:
+                    break

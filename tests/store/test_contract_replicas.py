@@ -85,3 +85,33 @@ async def test_notices_need_no_listener(store: Store) -> None:
     await store.listen(lambda notice: None)
     async with store.transaction() as tx:
         tx.notify("history", "43")
+
+
+async def test_lane_loads_count_dispatched_tasks_and_recent_starts_per_lane(store: Store) -> None:
+    """A lane is (workflow, step): its dispatched tasks whatever their owner, and the start
+    times after its own `since`, oldest first; a lane with nothing counts zero."""
+    outreach = await seed_run(store, workflow="outreach")
+    other = await seed_run(store, workflow="other")
+    tasks = [
+        replace(make_task(outreach, key="a"), state=TaskState.DISPATCHED, started_at=T0 + 1),
+        replace(make_task(outreach, key="b"), state=TaskState.DISPATCHED, started_at=T0 + 5,
+                owner="rep_b"),
+        replace(make_task(outreach, key="c"), state=TaskState.SUCCEEDED, started_at=T0 + 3,
+                finished_at=T0 + 4),
+        replace(make_task(outreach, key="d")),  # pending: neither in flight nor started
+        replace(make_task(outreach, step="write", key="e"), state=TaskState.DISPATCHED,
+                started_at=T0 + 2),
+        replace(make_task(other, key="f"), state=TaskState.DISPATCHED, started_at=T0 + 6),
+    ]  # fmt: skip
+    async with store.transaction() as tx:
+        await tx.insert_tasks(tasks)
+    research, write_step = ("outreach", "research"), ("outreach", "write")
+    idle = ("outreach", "nothing")
+    async with store.transaction() as tx:
+        loads = await tx.lane_loads([research, write_step, idle], {research: T0 + 2})
+        assert await tx.lane_loads([], {}) == {}
+    assert loads[research].in_flight == 2
+    assert loads[research].starts == (T0 + 3, T0 + 5)
+    assert (loads[write_step].in_flight, loads[write_step].starts) == (1, ())
+    assert (loads[idle].in_flight, loads[idle].starts) == (0, ())
+    assert set(loads) == {research, write_step, idle}

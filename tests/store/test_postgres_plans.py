@@ -54,6 +54,8 @@ TX = [
     "SELECT_EVENT_BY_DEDUP",
     "UPDATE_TASKS",
     "UPDATE_BARRIERS",
+    "LANES_IN_FLIGHT",
+    "LANES_STARTED",
 ]
 STATEMENTS = [
     *((name, getattr(postgres_upkeep, name)) for name in UPKEEP),
@@ -111,7 +113,10 @@ POPULATE = """
     ANALYZE;
 """
 # Partial indexes hold only the rows a statement wants: walking one whole is no scan.
-PARTIAL = {"tasks_unfinished", "tasks_deadlines", "barriers_waiting", "runs_finished"}
+PARTIAL = {
+    "tasks_unfinished", "tasks_deadlines", "tasks_in_flight_by_step", "barriers_waiting",
+    "runs_finished",
+}  # fmt: skip
 _populated: str | None = None
 
 

@@ -7,8 +7,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.limits import Admission, LaneLimits
+from orchestrator.limits import Admission, LaneLimits, admit_shared
 from orchestrator.model import Rate
+from orchestrator.store.base import LaneLoad
 
 
 def seeded(seed: int) -> random.Random:
@@ -229,3 +230,56 @@ def test_release_frees_what_was_held_even_if_the_lane_changed_its_limits() -> No
     assert not admission.release("b"), "admitted without limits, b held nothing"
     admission.offer("other", LaneLimits(resource="crm"), "c", "c")
     assert admission.take(0.0)[0] == ["c"], "crm is free again"
+
+
+# -- across replicas: admit_shared decides on every replica's load ----------------------
+
+DRAFT, SEND, OTHER = ("wf", "draft"), ("wf", "send"), ("other", "sync")
+
+
+def test_shared_concurrency_counts_what_other_replicas_have_in_flight() -> None:
+    """Concurrency 3 with 2 dispatched elsewhere: one of this batch starts, in order."""
+    limits = LaneLimits(concurrency=3)
+    decided = admit_shared(
+        [(DRAFT, limits, "a"), (DRAFT, limits, "b"), (DRAFT, limits, "c")],
+        {DRAFT: LaneLoad(in_flight=2)}, {}, now=10.0,
+    )  # fmt: skip
+    assert (decided.admitted, decided.deferred, decided.wake_at) == (["a"], ["b", "c"], None)
+
+
+def test_shared_exclusive_resource_is_busy_while_any_lane_naming_it_runs_one() -> None:
+    """`crm` is named by two lanes; one task of the other lane runs somewhere: none start.
+    Idle everywhere: exactly one starts, from whichever lane comes first."""
+    crm = LaneLimits(resource="crm")
+    both = {"crm": [SEND, OTHER]}
+    busy = admit_shared([(SEND, crm, "s1")], {SEND: LaneLoad(), OTHER: LaneLoad(1)}, both, 0.0)
+    assert (busy.admitted, busy.deferred) == ([], ["s1"])
+    idle = admit_shared(
+        [(SEND, crm, "s1"), (OTHER, crm, "o1"), (SEND, crm, "s2")],
+        {SEND: LaneLoad(), OTHER: LaneLoad()}, both, 0.0,
+    )  # fmt: skip
+    assert (idle.admitted, idle.deferred) == (["s1"], ["o1", "s2"])
+
+
+def test_shared_rate_counts_other_replicas_starts_and_says_when_one_more_may_start() -> None:
+    """2 per 10 s; starts at 1 and 4 happened elsewhere: nothing now, one more at 11."""
+    rate = LaneLimits(rate=Rate(count=2, per=10.0))
+    full = admit_shared([(DRAFT, rate, "a")], {DRAFT: LaneLoad(0, (1.0, 4.0))}, {}, now=5.0)
+    assert (full.admitted, full.deferred, full.wake_at) == ([], ["a"], 11.0)
+    one_left = admit_shared(
+        [(DRAFT, rate, "a"), (DRAFT, rate, "b")], {DRAFT: LaneLoad(0, (4.0,))}, {}, now=5.0
+    )
+    assert (one_left.admitted, one_left.deferred, one_left.wake_at) == (["a"], ["b"], 14.0)
+
+
+def test_unlimited_lanes_pass_shared_admission_untouched() -> None:
+    decided = admit_shared([(DRAFT, LaneLimits(), "a")], {DRAFT: LaneLoad(99)}, {}, 0.0)
+    assert decided.admitted == ["a"]
+
+
+def test_an_item_offered_first_keeps_its_turn() -> None:
+    """A task parked after a shared check goes back to the head of its lane."""
+    admission: Admission[str] = Admission()
+    offer_all(admission, "draft", LaneLimits(concurrency=1), ["b", "c"])
+    admission.offer("draft", LaneLimits(concurrency=1), "a", "a", first=True)
+    assert admission.take(0.0) == (["a"], None)
