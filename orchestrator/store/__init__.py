@@ -5,6 +5,7 @@ from __future__ import annotations
 from orchestrator.store.base import (
     BarrierWrite,
     CallbackToken,
+    KeptEvent,
     Page,
     Receipt,
     RejectionCount,
@@ -13,6 +14,8 @@ from orchestrator.store.base import (
     StoreTx,
     StoreUnavailable,
     Unfinished,
+    Wait,
+    WaitKey,
 )
 from orchestrator.store.memory import MemoryStore
 from orchestrator.store.postgres_url import EXAMPLE, EXTRA, is_postgres, postgres_problem
@@ -21,6 +24,7 @@ from orchestrator.store.sqlite import SqliteStore, sqlite_path
 __all__ = [
     "BarrierWrite",
     "CallbackToken",
+    "KeptEvent",
     "MemoryStore",
     "Page",
     "Receipt",
@@ -31,6 +35,8 @@ __all__ = [
     "StoreTx",
     "StoreUnavailable",
     "Unfinished",
+    "Wait",
+    "WaitKey",
     "open_store",
     "url_problem",
 ]

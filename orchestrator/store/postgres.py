@@ -24,6 +24,7 @@ from orchestrator.store.postgres_driver import UNAVAILABLE, describe, translatin
 from orchestrator.store.postgres_schema import migrate
 from orchestrator.store.postgres_tx import PostgresTx
 from orchestrator.store.postgres_upkeep import Upkeep
+from orchestrator.store.postgres_waits import PostgresWaitsStore
 from orchestrator.store.postgres_url import redact, scrub
 from orchestrator.store.rows import (
     barrier_from_row,
@@ -83,7 +84,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-class PostgresStore(Upkeep):
+class PostgresStore(PostgresWaitsStore, Upkeep):
     """The Store protocol on one PostgreSQL database, through a pool of connections."""
 
     def __init__(

@@ -130,6 +130,32 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX history_unattached ON history (at) WHERE run_id IS NULL;
     """,
+    # 3: tasks waiting on an event's key, and events kept for a wait registered after they
+    # arrived (SQLite's 8; issue 15).
+    """
+    CREATE TABLE waits (
+        task_id TEXT COLLATE "C" NOT NULL,
+        attempt INTEGER NOT NULL,
+        trigger TEXT COLLATE "C" NOT NULL,
+        key TEXT COLLATE "C" NOT NULL,
+        registered_at DOUBLE PRECISION NOT NULL,
+        deadline DOUBLE PRECISION,
+        PRIMARY KEY (task_id, attempt)
+    );
+    CREATE INDEX waits_by_key ON waits (trigger, key);
+    CREATE TABLE kept_events (
+        trigger TEXT COLLATE "C" NOT NULL,
+        key TEXT COLLATE "C" NOT NULL,
+        event_id TEXT COLLATE "C" NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        expires DOUBLE PRECISION NOT NULL,
+        outcome TEXT COLLATE "C" NOT NULL,
+        error TEXT,
+        PRIMARY KEY (trigger, key, event_id)
+    );
+    CREATE INDEX kept_events_by_age ON kept_events (trigger, received_at, event_id);
+    CREATE INDEX kept_events_expiring ON kept_events (expires);
+    """,
 ]
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -28,6 +28,7 @@ from orchestrator.store.base import (
     StoreConflict,
 )
 from orchestrator.store.postgres_driver import Connection, columns, rounds, text, translating
+from orchestrator.store.postgres_waits import PostgresWaitsTx
 from orchestrator.store.rows import (
     barrier_from_row,
     dumps,
@@ -172,7 +173,7 @@ def barrier_state(barrier: Barrier) -> tuple[Any, ...]:
     )
 
 
-class PostgresTx:
+class PostgresTx(PostgresWaitsTx):
     """The StoreTx of one transaction on one pooled connection."""
 
     def __init__(self, conn: Connection) -> None:

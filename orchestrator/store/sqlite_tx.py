@@ -27,6 +27,7 @@ from orchestrator.store.base import (
     StepKey,
 )
 from orchestrator.store.group_commit import GroupCommit
+from orchestrator.store.sqlite_waits import SqliteWaitsTx
 from orchestrator.store.rows import (
     barrier_from_row,
     dumps,
@@ -126,7 +127,7 @@ def _keys(keys: Iterable[Any]) -> str:
     return json.dumps(list(keys), separators=(",", ":"))
 
 
-class SqliteTx:
+class SqliteTx(SqliteWaitsTx):
     """The StoreTx of one logical transaction on the writer connection."""
 
     def __init__(self, conn: sqlite3.Connection, commits: GroupCommit) -> None:
