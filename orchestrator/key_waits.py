@@ -79,7 +79,9 @@ def annotate(completing: Sequence[Completing], applied: Sequence[Applied]) -> No
                 data["early"] = True  # the event arrived before the wait
 
 
-async def complete_by_event(advance: Advance, webhook: WebhookSpec, event: Event) -> tuple[int, int]:
+async def complete_by_event(
+    advance: Advance, webhook: WebhookSpec, event: Event
+) -> tuple[int, int]:
     """Complete the tasks waiting on the event's keys; keep it under the others. (tasks
     completed, keys kept under)."""
     match = match_event(webhook, event.payload)

@@ -471,12 +471,12 @@ class WebhookSpec(SignedBy):
     completes: Annotated[tuple[FieldPath, ...], BeforeValidator(_paths)] = Field(
         default=(),
         max_length=KEY_PATHS_MAX,
-        description='the payload field(s) holding the key that ctx.await_event(key=...) waits '
+        description="the payload field(s) holding the key that ctx.await_event(key=...) waits "
         'on, e.g. "data.object.id"; each event completes every task awaiting its key',
     )
     completes_when: dict[FieldPath, Scalars] = Field(
         default_factory=dict,
-        description='only events whose fields hold one of these values complete or are kept, '
+        description="only events whose fields hold one of these values complete or are kept, "
         'e.g. { type = ["payment_intent.succeeded", "payment_intent.payment_failed"] }',
     )
     fails_when: dict[FieldPath, Scalars] = Field(
@@ -524,7 +524,7 @@ class WebhookSpec(SignedBy):
             return self
         given = {"completes_when", "fails_when", "error_field"} & self.model_fields_set
         if given:
-            raise ValueError(f"{sorted(given)[0]} is only read with completes = \"PATH\"")
+            raise ValueError(f'{sorted(given)[0]} is only read with completes = "PATH"')
         if not self.starts_runs:
             raise ValueError("starts_runs = false needs completes: the events would do nothing")
         return self

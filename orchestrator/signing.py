@@ -168,7 +168,9 @@ def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]
     values: dict[str, set[str]] = {}
     for name, value in params:
         values.setdefault(name, set()).add(value)
-    signed = url + "".join(name + value for name in sorted(values) for value in sorted(values[name]))
+    signed = url + "".join(
+        name + value for name in sorted(values) for value in sorted(values[name])
+    )
     digest = hmac.new(_raw(auth_token), _raw(signed), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
@@ -181,7 +183,9 @@ def _with_and_without_port(url: str) -> list[str]:
     default = "443" if parts.scheme == "https" else "80"
     if parts.port is not None:
         bare = parts.netloc.rsplit(":", 1)[0]
-        return [url] if str(parts.port) != default else [url, urlunsplit(parts._replace(netloc=bare))]
+        return (
+            [url] if str(parts.port) != default else [url, urlunsplit(parts._replace(netloc=bare))]
+        )
     return [url, urlunsplit(parts._replace(netloc=f"{host}:{default}"))]
 
 

@@ -365,7 +365,11 @@ class Store(Protocol):
         with the task's run and step; the cursor is the last task id shown."""
 
     async def list_kept_events(
-        self, *, now: float, trigger: str | None = None, cursor: str | None = None,
+        self,
+        *,
+        now: float,
+        trigger: str | None = None,
+        cursor: str | None = None,
         limit: int = 100,
     ) -> Page[KeptEvent]:
         """Kept events that expire after `now`, by event id then key, without payloads;

@@ -292,7 +292,11 @@ class MemoryStore:
         return Page(page, page[-1].task_id if len(found) > limit else None)
 
     async def list_kept_events(
-        self, *, now: float, trigger: str | None = None, cursor: str | None = None,
+        self,
+        *,
+        now: float,
+        trigger: str | None = None,
+        cursor: str | None = None,
         limit: int = 100,
     ) -> Page[KeptEvent]:
         after = None if cursor is None else cursor.partition(":")[::2]
@@ -313,7 +317,9 @@ class MemoryStore:
 
     async def prune_waits(self, limit: int) -> int:
         async with self._lock:
-            doomed = [key for key, wait in self._tables.waits.items() if self._waiting(wait) is None]
+            doomed = [
+                key for key, wait in self._tables.waits.items() if self._waiting(wait) is None
+            ]
             for key in doomed[:limit]:
                 del self._tables.waits[key]
             return len(doomed[:limit])

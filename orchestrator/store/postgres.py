@@ -24,8 +24,8 @@ from orchestrator.store.postgres_driver import UNAVAILABLE, describe, translatin
 from orchestrator.store.postgres_schema import migrate
 from orchestrator.store.postgres_tx import PostgresTx
 from orchestrator.store.postgres_upkeep import Upkeep
-from orchestrator.store.postgres_waits import PostgresWaitsStore
 from orchestrator.store.postgres_url import redact, scrub
+from orchestrator.store.postgres_waits import PostgresWaitsStore
 from orchestrator.store.rows import (
     barrier_from_row,
     event_from_row,

@@ -168,7 +168,11 @@ class PostgresWaitsStore:
         return Page(waits, waits[-1].task_id if len(rows) > limit else None)
 
     async def list_kept_events(
-        self, *, now: float, trigger: str | None = None, cursor: str | None = None,
+        self,
+        *,
+        now: float,
+        trigger: str | None = None,
+        cursor: str | None = None,
         limit: int = 100,
     ) -> Page[KeptEvent]:
         event_id, _, key = (cursor or "").partition(":")

@@ -27,7 +27,6 @@ from orchestrator.store.base import (
     StepKey,
 )
 from orchestrator.store.group_commit import GroupCommit
-from orchestrator.store.sqlite_waits import SqliteWaitsTx
 from orchestrator.store.rows import (
     barrier_from_row,
     dumps,
@@ -36,6 +35,7 @@ from orchestrator.store.rows import (
     task_from_row,
     task_state_params,
 )
+from orchestrator.store.sqlite_waits import SqliteWaitsTx
 from orchestrator.task_moves import TaskWrite
 
 T = TypeVar("T")

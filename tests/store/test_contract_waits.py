@@ -96,10 +96,14 @@ async def test_waits_of_a_transaction_that_raised_are_gone(store: Store) -> None
     """A wait is stored with its transaction or not at all."""
     run = await seed_run(store)
     task = await dispatched_task(store, run)
-    with pytest.raises(RuntimeError):
+
+    async def register_then_fail() -> None:
         async with store.transaction() as tx:
             await tx.insert_waits([wait_on(task)])
             raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        await register_then_fail()
     async with store.transaction() as tx:
         assert await tx.waiting_on([("stripe", "pi_1")]) == []
 
