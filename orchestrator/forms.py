@@ -10,6 +10,7 @@ not decode as UTF-8, a control character once decoded, more than MAX_FIELDS pair
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import unquote_to_bytes
 
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -63,7 +64,7 @@ def _decoded(raw: str, number: int) -> str:
         text = unquote_to_bytes(raw.replace("+", " ")).decode("utf-8")
     except UnicodeDecodeError:
         raise FormRejected("invalid_form", f"field {number} does not decode as UTF-8") from None
-    if any(not ch.isprintable() and ch not in "\t\n\r" for ch in text):
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\t\n\r" for ch in text):
         raise FormRejected("invalid_form", f"field {number} holds a control character")
     return text
 

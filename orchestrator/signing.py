@@ -210,8 +210,9 @@ def verify_twilio(
 
 
 def verify_header(accepted: Sequence[str], headers: Mapping[str, str], name: str) -> None:
-    """Check that header `name` equals one of the accepted secrets, in constant time."""
-    presented = headers.get(name)
+    """Check that header `name` equals one of the accepted secrets, in constant time
+    (`headers` as Starlette's, or lowercase keys)."""
+    presented = headers.get(name.lower())
     if presented is None:
         raise SignatureError(f"missing {name} header")
     found = False
