@@ -33,9 +33,12 @@ def pay(*, handler: str = "await_payment", **step: Any) -> WorkflowSpec:
 def stripe(**webhook: Any) -> TriggerSpec:
     """A webhook trigger whose events complete by `data.object.id`, starting no runs."""
     table = {
-        "scheme": "stripe", "secret": SECRET, "completes": "data.object.id",
-        "starts_runs": False, **webhook,
-    }  # fmt: skip
+        "scheme": "stripe",
+        "secret": SECRET,
+        "completes": "data.object.id",
+        "starts_runs": False,
+        **webhook,
+    }
     return TriggerSpec.model_validate({"webhook": table})
 
 
@@ -53,14 +56,20 @@ def no_hook() -> Iterator[None]:
 @pytest.fixture
 async def engine(make_engine: Callable[..., Engine]) -> Engine:
     return make_engine(
-        {"payments": pay(), "untyped": pay(handler="await_untyped"),
-         "bad_key": WorkflowSpec.model_validate(
-             {"steps": {"k": {"handler": K + "await_bad_key"}}})},
-        triggers={
-            "stripe": stripe(fails_when={"type": "payment_intent.payment_failed"},
-                             error_field="data.object.last_payment_error.message"),
+        {
+            "payments": pay(),
+            "untyped": pay(handler="await_untyped"),
+            "bad_key": WorkflowSpec.model_validate(
+                {"steps": {"k": {"handler": K + "await_bad_key"}}}
+            ),
         },
-    )  # fmt: skip
+        triggers={
+            "stripe": stripe(
+                fails_when={"type": "payment_intent.payment_failed"},
+                error_field="data.object.last_payment_error.message",
+            ),
+        },
+    )
 
 
 async def fire_and_wait(engine: Engine, workflow: str, payload: dict[str, Any], count: int) -> str:
@@ -98,8 +107,10 @@ async def test_an_event_completes_the_task_waiting_on_its_key(engine: Engine) ->
     (done,) = [e for e in history if e.type == "task_succeeded"]
     assert done.data["source"] == "event"
     assert (done.data["event_id"], done.data["trigger"], done.data["key"]) == (
-        fired[0].event_id, "stripe", "pi_1",
-    )  # fmt: skip
+        fired[0].event_id,
+        "stripe",
+        "pi_1",
+    )
     assert (fired[0].run_id, fired[0].completed, fired[0].kept) == (None, 1, 0)
     assert (await engine.store.list_waits()).items == []
 
@@ -121,8 +132,11 @@ async def test_a_redelivered_event_completes_nothing_again(engine: Engine) -> No
     second_run = await fire_and_wait(engine, "untyped", {"intents": ["pi_1"]}, 1)
     again = await engine.fire("stripe", event("pi_1"), dedup_key="evt_same")
     assert (first.completed, again.duplicate, again.completed, again.event_id) == (
-        1, True, 0, first.event_id,
-    )  # fmt: skip
+        1,
+        True,
+        0,
+        first.event_id,
+    )
     (task,) = await engine.store.tasks_of_run(second_run)
     assert task.state is TaskState.DISPATCHED
 
@@ -153,8 +167,9 @@ async def test_an_event_that_arrived_before_the_wait_completes_it_at_once(
 async def test_an_event_meaning_failure_fails_the_task_with_its_message(engine: Engine) -> None:
     """An event matching fails_when fails the task, its error_field the message."""
     run_id = await fire_and_wait(engine, "payments", {"intents": ["pi_1"]}, 1)
-    failed = event("pi_1", "payment_intent.payment_failed",
-                   last_payment_error={"message": "card declined"})  # fmt: skip
+    failed = event(
+        "pi_1", "payment_intent.payment_failed", last_payment_error={"message": "card declined"}
+    )
     history = await finished(engine, run_id, lambda: engine.fire("stripe", failed, dedup_key="f"))
     assert history[-1].type == "run_failed"
     (task,) = await engine.store.tasks_of_run(run_id)
@@ -238,8 +253,9 @@ async def test_a_key_too_long_fails_the_attempt_and_one_in_an_event_is_no_key(
 @pytest.fixture
 async def sqlite_engine(sqlite_store: Store) -> AsyncIterator[Engine]:
     async with httpx.AsyncClient() as http:
-        engine = Engine(sqlite_store, {"untyped": pay(handler="await_untyped")},
-                        {"stripe": stripe()}, http=http)  # fmt: skip
+        engine = Engine(
+            sqlite_store, {"untyped": pay(handler="await_untyped")}, {"stripe": stripe()}, http=http
+        )
         yield engine
         await engine.close()
 
@@ -248,13 +264,15 @@ async def test_completion_by_key_works_on_sqlite_too(sqlite_engine: Engine) -> N
     """The same path on the SQLite store: early arrival, then a wait completed by an event."""
     early = await sqlite_engine.fire("stripe", event("pi_a"), dedup_key="1")
     run_id = await fire_and_wait(sqlite_engine, "untyped", {"intents": ["pi_a", "pi_b"]}, 2)
-    ended = await finished(sqlite_engine, run_id,
-                           lambda: sqlite_engine.fire("stripe", event("pi_b"), dedup_key="2"))  # fmt: skip
+    ended = await finished(
+        sqlite_engine, run_id, lambda: sqlite_engine.fire("stripe", event("pi_b"), dedup_key="2")
+    )
     assert early.kept == 1
     assert ended[-1].type == "run_succeeded"
     history = await sqlite_engine.store.history(run_id=run_id)
-    sources = sorted((e.data["key"], e.data.get("early", False))
-                     for e in history if e.type == "task_succeeded")  # fmt: skip
+    sources = sorted(
+        (e.data["key"], e.data.get("early", False)) for e in history if e.type == "task_succeeded"
+    )
     assert sources == [("pi_a", True), ("pi_b", False)]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def wait_on(task: Task, key: str = "pi_1", trigger: str = "stripe", at: float = 
 DELIVERIES = itertools.count()
 
 
-async def stored_event(store: Store, trigger: str = "stripe", **payload: object) -> Event:
+async def stored_event(store: Store, trigger: str = "stripe", **payload: Any) -> Event:
     event = make_event(trigger=trigger, dedup_key=f"delivery-{next(DELIVERIES)}", **payload)
     async with store.transaction() as tx:
         assert (await tx.insert_event(event))[1]
@@ -115,10 +116,14 @@ async def test_kept_events_come_back_with_their_payloads_until_they_expire(store
     other = await stored_event(store, "github", id="pi_1")
     async with store.transaction() as tx:
         await tx.keep_events(
-            [kept(later, at=T0 + 5), kept(early, at=T0 + 1), kept(other), kept(early, "gone",
-             expires=T0 + 10)],
+            [
+                kept(later, at=T0 + 5),
+                kept(early, at=T0 + 1),
+                kept(other),
+                kept(early, "gone", expires=T0 + 10),
+            ],
             {},
-        )  # fmt: skip
+        )
     async with store.transaction() as tx:
         found = await tx.kept_for([("stripe", "pi_1"), ("stripe", "gone")], now=T0 + 10)
     assert [(k.event_id, k.payload) for k in found] == [
@@ -214,8 +219,9 @@ async def test_pruning_removes_waits_that_wait_no_more_and_expired_kept_events(
     event = await stored_event(store, id="pi_1")
     async with store.transaction() as tx:
         await tx.insert_waits([wait_on(live), wait_on(done), ghost])
-        assert await tx.write_tasks([write(done.replace(state=TaskState.SUCCEEDED),
-                                           TaskState.DISPATCHED)])  # fmt: skip
+        assert await tx.write_tasks(
+            [write(done.replace(state=TaskState.SUCCEEDED), TaskState.DISPATCHED)]
+        )
         await tx.keep_events(
             [kept(event, "x", expires=T0 + 1), kept(event, "y", expires=T0 + 2), kept(event, "z")],
             {},
