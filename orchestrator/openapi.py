@@ -145,7 +145,8 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/hooks/{trigger}": {
         "post": {
-            "summary": "Inbound webhook: verify, persist as an event, start a run",
+            "summary": "Inbound webhook: verify, persist as an event, start a run, and complete "
+            "the tasks waiting on its key (or keep it for waits registered later)",
             "parameters": [_path("trigger")],
             "requestBody": {"content": {"application/json": {"schema": OBJECT}}},
             "responses": {
