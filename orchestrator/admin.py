@@ -80,12 +80,17 @@ async def fire_trigger(request: Request) -> Response:
 
 async def fired_response(engine: Engine, fired: Fired) -> Response:
     """202 with the new event and run; 200 for a duplicate, with the run its first delivery
-    started (a sender retrying a delivery wants the same answer again)."""
+    started (a sender retrying a delivery wants the same answer again). `completed`: the
+    tasks waiting on its key that it completed; `kept`: the keys it was kept under for
+    waits registered later (both 0 for a duplicate)."""
     run_id = fired.run_id
     if fired.duplicate and run_id is None:
         runs = await engine.store.runs_of_event(fired.event_id)
         run_id = runs[0].id if runs else None
-    body = {"event_id": fired.event_id, "run_id": run_id, "duplicate": fired.duplicate}
+    body = {
+        "event_id": fired.event_id, "run_id": run_id, "duplicate": fired.duplicate,
+        "completed": fired.completed, "kept": fired.kept,
+    }  # fmt: skip
     return JSONResponse(body, status_code=200 if fired.duplicate else 202)
 
 
@@ -332,6 +337,12 @@ def trigger_preview(name: str, trigger: TriggerSpec, count: int, now: datetime) 
         )
     if trigger.webhook is not None:
         preview.update(scheme=trigger.webhook.scheme, path=f"/hooks/{name}")
+        if trigger.webhook.completes:
+            preview.update(
+                completes=list(trigger.webhook.completes),
+                starts_runs=trigger.webhook.starts_runs,
+                keep_unmatched=trigger.webhook.keep_unmatched,
+            )
     return preview
 
 

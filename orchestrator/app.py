@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from orchestrator import admin, admin_rejections, callbacks, hooks
+from orchestrator import admin, admin_rejections, admin_waits, callbacks, hooks
 from orchestrator.callbacks import CallbackLimits
 from orchestrator.drain import Drain, DrainMiddleware
 from orchestrator.engine import Engine
@@ -111,6 +111,12 @@ def _warn_about(settings: Settings, engine: Engine) -> None:
     for name, trigger in settings.triggers.items():
         if trigger.webhook is not None and trigger.webhook.scheme == "none":
             log.warning("webhook_unsigned", trigger=name, hint="anyone can fire it")
+    for name, service in settings.services.items():
+        if service.auth == "capability":
+            log.warning(
+                "callback_capability_only", service=name,
+                hint="anyone holding a task's callback URL can complete it: no signature",
+            )  # fmt: skip
     found = sync_steps_with_timeout(settings.workflows, engine.handler)
     for workflow, step, handler, timeout in found:
         log.warning(
@@ -217,7 +223,7 @@ def create_app(
         Mount("/hooks", routes=hooks.routes),
         Mount(
             "/admin",
-            routes=[*admin.routes, *admin_rejections.routes],
+            routes=[*admin.routes, *admin_rejections.routes, *admin_waits.routes],
             middleware=[Middleware(BearerAuth, tokens=settings.admin_tokens())],
         ),
     ]

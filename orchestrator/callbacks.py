@@ -1,8 +1,12 @@
 """POST /callbacks/{token}: external services complete their task, signed; heartbeats extend it.
 
-Order of checks: the token (404), the body size while reading (413), the signature against
-the step's service secrets and the attempt's own secret (401), the JSON shape (400/422),
-the declared output model (422); then the engine's one completion path decides (200
+Order of checks: the token (404), the body size while reading (413), a form body's syntax
+(400), the service's `auth` scheme (callback_auth.py: Standard Webhooks against the
+service's secrets and the attempt's own, a secret header, Twilio's signature, or the URL
+alone; 401, or 415 for a Twilio callback that is not a form), the body's shape (400/422:
+the standard `{"status", "output", "error"}`, or the provider's own through the service's
+`result` mapping, where a status that neither succeeds nor fails is progress, answered
+200), the declared output model (422); then the engine's one completion path decides (200
 accepted or duplicate, 409 conflict, 410 gone). No rejection changes anything else.
 
 Every rejection is counted (orchestrator/rejections.py). Those after the signature checked
@@ -25,13 +29,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from orchestrator.callback_auth import NotAForm, authenticate
 from orchestrator.engine import Engine, Verdict
+from orchestrator.forms import FormRejected, form_object, is_form, parse_form
 from orchestrator.http import HttpError, parse_json_object, read_body
 from orchestrator.invoke import HandlerImportError
-from orchestrator.model import StepSpec
+from orchestrator.model import ServiceSpec, StepSpec
 from orchestrator.records import HistoryEntry, Task
 from orchestrator.rejections import DETAIL_SHOWN, Rejections, shown
-from orchestrator.signing import SignatureError, verify
+from orchestrator.result_mapping import MappingError, map_result
+from orchestrator.signing import SignatureError
 from orchestrator.states import Outcome
 from orchestrator.tokens import task_secret, token_hash
 
@@ -97,11 +104,29 @@ async def _reject(
     return error
 
 
-async def _authenticated(
-    request: Request, kind: str
-) -> tuple[Engine, Task, StepSpec, int, bytes, str]:
-    """The task, its step's spec and the attempt behind the token, the raw body, and the
-    verified webhook-id. Reads only: a rejection here never waits for a write."""
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """A callback whose sender proved itself: its task attempt, step, service and body."""
+
+    engine: Engine
+    task: Task
+    step: StepSpec
+    attempt: int
+    service: ServiceSpec | None
+    body: bytes
+    form: list[tuple[str, str]] | None  # the body's fields, if it is a form
+    receipt_id: str
+
+    @property
+    def signed(self) -> bool:
+        """Whether more than the URL proved the sender (a capability URL may leak: what it
+        sends is counted and sampled, never stored per request)."""
+        return self.service is None or self.service.auth != "capability"
+
+
+async def _authenticated(request: Request, kind: str) -> Authenticated:
+    """The callback with its task, once the service's scheme checks out. Reads only: a
+    rejection here never waits for a write."""
     engine = _engine(request)
     limits: CallbackLimits = request.app.state.callback_limits
     found = await engine.store.callback_target(token_hash(request.path_params["token"]))
@@ -110,39 +135,64 @@ async def _authenticated(
         raise await _reject(request, None, unknown, kind, signed=False)
     task, attempt = found
     step = (await engine.workflow_of(task.run_id)).steps[task.step]
+    service = engine.services.get(step.service or "")
     try:
         body = await read_body(request, limits.body_limit)
+        form = _form(request, body)
+        receipt = authenticate(
+            service, task_secret(await engine.callback_key(), task.id, attempt), request.headers,
+            body, form, _signed_url(engine, request, task, attempt), engine.clock(),
+            limits.tolerance,
+        )  # fmt: skip
     except HttpError as error:
         raise await _reject(request, task, error, kind, signed=False) from None
-    service = engine.services.get(step.service or "")
-    accepted = [
-        *(service.secret_values() if service else []),
-        task_secret(await engine.callback_key(), task.id, attempt),
-    ]
-    try:
-        verified = verify(accepted, request.headers, body, engine.clock(), limits.tolerance)
+    except NotAForm as error:
+        unreadable = HttpError(415, "unsupported_media_type", str(error))
+        raise await _reject(request, task, unreadable, kind, signed=False) from None
     except SignatureError as error:
         forged = HttpError(401, "bad_signature", str(error))
         raise await _reject(request, task, forged, kind, signed=False) from None
-    return engine, task, step, attempt, body, verified.message_id
+    return Authenticated(engine, task, step, attempt, service, body, form, receipt)
+
+
+def _form(request: Request, body: bytes) -> list[tuple[str, str]] | None:
+    """The fields of a form-encoded body (400 if it is not a strict form); None for others."""
+    if not is_form(request.headers.get("content-type")):
+        return None
+    try:
+        return parse_form(body)
+    except FormRejected as error:
+        raise HttpError(400, error.error, error.detail) from None
+
+
+def _signed_url(engine: Engine, request: Request, task: Task, attempt: int) -> str:
+    """The URL this attempt's service was handed (behind any proxy: the public URL), with
+    the path past the token and the query it called with."""
+    url = engine.capabilities.url(task.replace(attempt=attempt))
+    if request.url.path.endswith("/heartbeat"):
+        url += "/heartbeat"
+    query = request.url.query
+    return f"{url}?{query}" if query else url
 
 
 async def complete(request: Request) -> Response:
-    """A signed completion of one task attempt."""
-    engine, task, step, attempt, body, webhook_id = await _authenticated(
-        request, "callback_rejected"
-    )
+    """An authenticated completion of one task attempt."""
+    auth = await _authenticated(request, "callback_rejected")
+    engine, task = auth.engine, auth.task
     try:
-        parsed = CallbackBody.model_validate(parse_json_object(body))
-        output = _checked_output(engine, step.handler, parsed)
-    except HttpError as error:
-        raise await _reject(request, task, error) from None
-    except pydantic.ValidationError as error:
-        problem = HttpError(422, "invalid_callback", _first_problem(error))
-        raise await _reject(request, task, problem) from None
+        outcome, output, error = _result(auth)
+        if outcome is not None:
+            output = _checked_output(engine, auth.step.handler, outcome, output)
+    except HttpError as refused:
+        raise await _reject(request, task, refused, signed=auth.signed) from None
+    except pydantic.ValidationError as invalid:
+        shaped = HttpError(422, "invalid_callback", _first_problem(invalid))
+        raise await _reject(request, task, shaped, signed=auth.signed) from None
+    if outcome is None:
+        return await _progress(request, auth, output)
     verdict, reason = await engine.callback(
-        task, attempt, webhook_id, hashlib.sha256(body).hexdigest(),
-        Outcome(parsed.status), output, parsed.error,
+        task, auth.attempt, auth.receipt_id, hashlib.sha256(auth.body).hexdigest(),
+        outcome, output, error,
     )  # fmt: skip
     status = VERDICT_STATUS[verdict]
     if status >= 400:
@@ -150,16 +200,52 @@ async def complete(request: Request) -> Response:
     return JSONResponse({"status": verdict.value, "detail": reason}, status_code=status)
 
 
-def _checked_output(engine: Engine, handler_path: str, parsed: CallbackBody) -> Any:
+def _result(auth: Authenticated) -> tuple[Outcome | None, Any, str | None]:
+    """(outcome, output, error) the body reports, read through the service's `result`
+    mapping if it has one; outcome None: progress, with the status reported as output."""
+    if auth.form is not None:
+        try:
+            body: dict[str, Any] = form_object(auth.form)
+        except FormRejected as error:
+            raise HttpError(400, error.error, error.detail) from None
+    else:
+        body = parse_json_object(auth.body)
+    mapping = auth.service.result if auth.service is not None else None
+    if mapping is None:
+        parsed = CallbackBody.model_validate(body)
+        return Outcome(parsed.status), parsed.output, parsed.error
+    try:
+        mapped = map_result(mapping, body)
+    except MappingError as error:
+        raise HttpError(422, "invalid_callback", str(error)) from None
+    if mapped.outcome is None:
+        return None, mapped.status, None
+    return mapped.outcome, mapped.output, mapped.error
+
+
+async def _progress(request: Request, auth: Authenticated, status: Any) -> Response:
+    """A status that neither succeeds nor fails: 200, in the task's history, still waiting."""
+    task = auth.task
+    if auth.signed:
+        data = {"status": status, "attempt": auth.attempt, "receipt_id": auth.receipt_id}
+        await auth.engine.record(
+            HistoryEntry("callback_progress", auth.engine.clock(), task.run_id, task.id,
+                         task.step, data)
+        )  # fmt: skip
+    detail = f"status {status!r} is progress: the task keeps waiting"
+    return JSONResponse({"status": "progress", "detail": detail})
+
+
+def _checked_output(engine: Engine, handler_path: str, outcome: Outcome, output: Any) -> Any:
     """The output, checked against the handler's `AwaitCallback[Model]` if it declares one."""
-    if parsed.status != "succeeded":
-        return parsed.output
+    if outcome is not Outcome.SUCCEEDED:
+        return output
     try:
         handler = engine.handler(handler_path)
     except HandlerImportError:
-        return parsed.output
+        return output
     try:
-        return handler.check_callback_output(parsed.output)
+        return handler.check_callback_output(output)
     except ValueError as error:
         raise HttpError(422, "invalid_output", str(error)) from None
 
@@ -171,9 +257,9 @@ def _first_problem(error: pydantic.ValidationError) -> str:
 
 
 async def heartbeat(request: Request) -> Response:
-    """A signed sign of life: pushes the deadline of a task awaiting its callback."""
-    engine, task, _, attempt, _, _ = await _authenticated(request, "heartbeat_rejected")
-    verdict, reason, deadline = await engine.heartbeat(task.id, attempt)
+    """An authenticated sign of life: pushes the deadline of a task awaiting its callback."""
+    auth = await _authenticated(request, "heartbeat_rejected")
+    verdict, reason, deadline = await auth.engine.heartbeat(auth.task.id, auth.attempt)
     if verdict is not Verdict.ACCEPTED:
         return JSONResponse({"error": verdict.value, "detail": reason}, status_code=410)
     return JSONResponse({"status": "accepted", "deadline": deadline})

@@ -262,7 +262,8 @@ def triggers_command(args: argparse.Namespace) -> int:
     if not previews:
         print(f"{source}: no triggers (every workflow can still be fired by name)")
     for preview in previews:
-        print(f"{preview['name']}  ({preview['kind']} -> {preview['workflow']})")
+        target = preview["workflow"] or "no runs"
+        print(f"{preview['name']}  ({preview['kind']} -> {target})")
         if preview["kind"] == "cron":
             print(
                 f"  cron {preview['cron']!r} in {preview['timezone']}; gap: {preview['on_gap']}, "
@@ -272,6 +273,8 @@ def triggers_command(args: argparse.Namespace) -> int:
                 print(f"    {fire['local']:<28}  {fire['utc']}")
         elif preview["kind"] == "webhook":
             print(f"  POST {preview['path']}  ({preview['scheme']} signatures)")
+            if preview.get("completes"):
+                print(f"  completes tasks awaiting the key at {', '.join(preview['completes'])}")
     return 0
 
 

@@ -71,6 +71,11 @@ class Section:
 SECTIONS = (
     Section("Top-level options", Settings, env=True),
     Section("`[services.NAME]`", model.ServiceSpec),
+    Section(
+        "`[services.NAME.result]`",
+        model.ResultMapping,
+        note="`result = {}`: every authenticated callback succeeds, its whole body the output.",
+    ),
     Section("`[workflows.NAME]`", model.WorkflowSpec),
     Section("`[workflows.NAME.steps.STEP]`", model.StepSpec),
     Section("`[triggers.NAME]`", model.TriggerSpec),

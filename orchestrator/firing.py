@@ -2,7 +2,10 @@
 
 One transaction holds the event (deduplicated on its trigger and dedup key), the run, its
 history and the barriers and tasks of its root steps; the dispatcher starts those after
-the commit.
+the commit. An event of a trigger whose webhook `completes` by key also completes, in that
+same transaction, every task waiting on its key, or is kept for waits registered later
+(key_waits.py); a redelivery is the first event again and completes nothing. A trigger
+with `starts_runs = false` starts no run.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import structlog
 from orchestrator.advance import Advance
 from orchestrator.applier import Applier
 from orchestrator.ids import new_id
+from orchestrator.key_waits import complete_by_event
 from orchestrator.model import TriggerSpec, WorkflowSpec
 from orchestrator.records import Event
 from orchestrator.store import Store
@@ -33,9 +37,14 @@ class UnknownTarget(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class Fired:
+    """The stored event, the run it started (None: a duplicate, or a trigger that starts
+    none), the tasks it completed by key and the keys it was kept under."""
+
     event_id: str
     run_id: str | None
     duplicate: bool
+    completed: int = 0
+    kept: int = 0
 
 
 class Firing:
@@ -55,7 +64,7 @@ class Firing:
         """(trigger, workflow, default payload) for a trigger name, or a workflow fired by hand."""
         trigger = self.triggers.get(name)
         if trigger is not None:
-            return name, trigger.workflow, dict(trigger.payload)
+            return name, trigger.workflow or "", dict(trigger.payload)
         if name in self.workflows:
             return f"manual:{name}", name, {}
         known = ", ".join(sorted({*self.triggers, *self.workflows})) or "none configured"
@@ -71,7 +80,9 @@ class Firing:
     ) -> Fired:
         """Persist an event and start its run; a repeated dedup key returns the first event."""
         trigger, workflow, defaults = self.resolve(name)
-        spec = self.workflows[workflow]
+        spec = self.workflows.get(workflow)  # None: a trigger that only completes by key
+        configured = self.triggers.get(name)
+        webhook = configured.webhook if configured is not None else None
 
         async def work(advance: Advance) -> Fired:
             merged = {**defaults, **(payload or {})}
@@ -81,17 +92,25 @@ class Firing:
             stored, created = await advance.tx.insert_event(event)
             if not created:
                 return Fired(stored.id, None, duplicate=True)
+            completed, kept = (0, 0)
+            if webhook is not None and webhook.completes:
+                completed, kept = await complete_by_event(advance, webhook, event)
+            if spec is None:
+                return Fired(event.id, None, False, completed, kept)
             run_id = new_id("run", advance.now)
             advance.outbox.note(
                 "event_received", advance.now, run_id, trigger=trigger, source=source,
                 event_id=event.id,
             )  # fmt: skip
             await advance.create_run(run_id, event, workflow, spec)
-            return Fired(event.id, run_id, duplicate=False)
+            return Fired(event.id, run_id, False, completed, kept)
 
         fired = await self._applier.transact(work)
-        if not fired.duplicate:
+        if fired.run_id is not None:
             log.info("run_started", run_id=fired.run_id, workflow=workflow, trigger=trigger)
+        if fired.completed or fired.kept:
+            log.info("event_matched", event_id=fired.event_id, trigger=trigger,
+                     completed=fired.completed, kept=fired.kept)  # fmt: skip
         return fired
 
     async def replay(self, event_id: str, force: bool = False) -> Fired:
@@ -106,6 +125,8 @@ class Firing:
             raise RunStateError(
                 f"run {active[0]} of this event is still running (pass force to replay anyway)"
             )
+        if not event.workflow:
+            raise LookupError(f"event {event_id!r} started no run: its trigger completes by key")
         spec = self.workflows.get(event.workflow)
         if spec is None:
             raise LookupError(f"workflow {event.workflow!r} of this event is no longer configured")

@@ -22,7 +22,8 @@ HISTORY_TYPES: frozenset[str] = frozenset(
         "step_started", "step_input_invalid", "step_deadline_passed",
         "barrier_advanced", "barrier_opened", "barrier_failed",
         # tasks
-        "task_dispatched", "task_dispatch_failed", "task_awaiting_callback", "task_heartbeat",
+        "task_dispatched", "task_dispatch_failed", "task_awaiting_callback",
+        "task_awaiting_event", "task_heartbeat", "callback_progress",
         "task_attempt_failed", "task_retry_scheduled", "task_retried", "task_requeued",
         *_TASK_ENDS,
         # replicas (on a shared store)

@@ -26,8 +26,9 @@ import pydantic
 import pydantic_core
 
 from orchestrator.durations import parse_duration
+from orchestrator.event_keys import key_problem
 from orchestrator.jsonread import JsonRejected, check_strict
-from orchestrator.model import ServiceSpec, WorkflowSpec
+from orchestrator.model import NAME_PATTERN, ServiceSpec, WorkflowSpec
 from orchestrator.sending import plain_request, send_plain
 from orchestrator.states import Outcome
 
@@ -73,6 +74,21 @@ class AwaitCallback(Generic[T]):
 
     timeout: float | None = None
     heartbeat: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitEvent(Generic[T]):
+    """What a handler returns to wait for an inbound event of `trigger` whose key is `key`.
+
+    The trigger's webhook declares where its events carry the key (`completes`); the first
+    such event completes the task, its payload the task's output (validated against
+    `Model` when the handler is annotated `-> AwaitEvent[Model]`). An event that arrived
+    before the handler returned, and was kept for early arrival, completes it at once.
+    """
+
+    trigger: str
+    key: str
+    timeout: float | None = None
 
 
 class DispatchError(Exception):
@@ -126,6 +142,19 @@ class Context:
             None if timeout is None else parse_duration(timeout),
             None if heartbeat is None else parse_duration(heartbeat),
         )
+
+    def await_event(
+        self, *, trigger: str, key: str, timeout: float | str | None = None
+    ) -> AwaitEvent[Any]:
+        """Return this from the handler: the task completes when an event of `trigger` with
+        this key arrives (or arrived, within the trigger's `keep_unmatched`). A key is 1 to
+        256 printable characters; ValueError otherwise, which fails the attempt."""
+        problem = key_problem(key)
+        if problem is not None:
+            raise ValueError(f"await_event: {problem}")
+        if not isinstance(trigger, str) or not re.fullmatch(NAME_PATTERN, trigger):
+            raise ValueError(f"await_event: {trigger!r} is not a trigger name")
+        return AwaitEvent(trigger, key, None if timeout is None else parse_duration(timeout))
 
     async def dispatch(
         self, url: str | None = None, *, method: str = "POST", **kwargs: Any
@@ -208,11 +237,20 @@ class HandlerResult:
 
 
 @dataclass(frozen=True, slots=True)
+class EventWait:
+    """What a task awaiting an event waits for: an event of `trigger` whose key is `key`."""
+
+    trigger: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class Handoff:
-    """The handler handed its work off and returned AwaitCallback."""
+    """The handler handed its work off and returned AwaitCallback, or AwaitEvent (`event`)."""
 
     timeout: float | None
     heartbeat: float | None
+    event: EventWait | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,19 +274,15 @@ class Handler:
     output_type: Any = None
     output_adapter: pydantic.TypeAdapter[Any] | None = None
     callback_adapter: pydantic.TypeAdapter[Any] | None = None
+    event_adapter: pydantic.TypeAdapter[Any] | None = None
 
     def check_callback_output(self, value: Any) -> Any:
         """A callback's output as JSON-ready data, checked against AwaitCallback[Model]."""
-        if self.callback_adapter is None:
-            return value
-        try:
-            return self.callback_adapter.dump_python(
-                self.callback_adapter.validate_python(value), mode="json"
-            )
-        except pydantic.ValidationError as error:
-            raise ValueError(
-                f"output does not match the declared callback output: {error}"
-            ) from None
+        return _checked(self.callback_adapter, value, "callback")
+
+    def check_event_output(self, value: Any) -> Any:
+        """An event's payload as the task's output, checked against AwaitEvent[Model]."""
+        return _checked(self.event_adapter, value, "event")
 
     def check_output(self, value: Any) -> Any:
         """The output as JSON-ready data; ValueError says why it is not acceptable."""
@@ -268,6 +302,15 @@ class Handler:
         except JsonRejected as error:
             raise ValueError(f"output is not strict JSON ({error.error}): {error}") from None
         return value
+
+
+def _checked(adapter: pydantic.TypeAdapter[Any] | None, value: Any, what: str) -> Any:
+    if adapter is None:
+        return value
+    try:
+        return adapter.dump_python(adapter.validate_python(value), mode="json")
+    except pydantic.ValidationError as error:
+        raise ValueError(f"output does not match the declared {what} output: {error}") from None
 
 
 def _type_name(annotation: Any) -> str:
@@ -318,36 +361,56 @@ def load_handler(path: str) -> Handler:
     function = getattr(module, attribute, None)
     if function is None or not callable(function):
         raise HandlerImportError(f"module {module_name!r} has no callable {attribute!r}")
-    output_type, callback_type = _declared_outputs(function)
+    output_type, callback_type, event_type = _declared_outputs(function)
     return Handler(
         path=path,
         function=function,
         is_async=inspect.iscoroutinefunction(function),
         output_type=output_type,
-        output_adapter=None if output_type is None else pydantic.TypeAdapter(output_type),
-        callback_adapter=None if callback_type is None else pydantic.TypeAdapter(callback_type),
+        output_adapter=_adapter(output_type),
+        callback_adapter=_adapter(callback_type),
+        event_adapter=_adapter(event_type),
     )
 
 
-def _declared_outputs(function: Callable[..., Any]) -> tuple[Any, Any]:
-    """(local output type, callback output type) from the return annotation; None = unchecked.
+def _adapter(declared: Any) -> pydantic.TypeAdapter[Any] | None:
+    return None if declared is None else pydantic.TypeAdapter(declared)
+
+
+def _declared_outputs(function: Callable[..., Any]) -> tuple[Any, Any, Any]:
+    """(local output type, callback output type, event output type) from the return
+    annotation; None = unchecked.
 
     `-> Model` checks a returned value; `-> AwaitCallback[Model]` checks the callback's
-    output; `-> Model | AwaitCallback[Other]` checks both.
+    output, `-> AwaitEvent[Model]` the event's payload; `-> Model | AwaitCallback[Other]`
+    checks both.
     """
     try:
         declared = typing.get_type_hints(function).get("return")
     except Exception:  # unresolvable annotations simply declare nothing
-        return None, None
+        return None, None, None
     members = typing.get_args(declared) if _is_union(declared) else (declared,)
-    awaited = [m for m in members if m is AwaitCallback or typing.get_origin(m) is AwaitCallback]
-    local = [m for m in members if m not in awaited and m not in (None, type(None), Any)]
-    callback_args = typing.get_args(awaited[0]) if awaited else ()
-    callback_type = callback_args[0] if callback_args and callback_args[0] is not Any else None
+    callbacks = _awaited(members, AwaitCallback)
+    events = _awaited(members, AwaitEvent)
+    local = [
+        m for m in members
+        if m not in callbacks and m not in events and m not in (None, type(None), Any)
+    ]  # fmt: skip
+    callback_type, event_type = _argument_of(callbacks), _argument_of(events)
     if not local:
-        return None, callback_type
+        return None, callback_type, event_type
     local_type = local[0] if len(local) == 1 else typing.Union[tuple(local)]  # noqa: UP007 - built at run time
-    return local_type, callback_type
+    return local_type, callback_type, event_type
+
+
+def _awaited(members: tuple[Any, ...], kind: type) -> list[Any]:
+    return [m for m in members if m is kind or typing.get_origin(m) is kind]
+
+
+def _argument_of(awaited: list[Any]) -> Any:
+    """The Model of AwaitCallback[Model] (or AwaitEvent[Model]); None for a bare one or Any."""
+    args = typing.get_args(awaited[0]) if awaited else ()
+    return args[0] if args and args[0] is not Any else None
 
 
 def sync_steps_with_timeout(
@@ -416,6 +479,8 @@ async def invoke(
             value = await asyncio.get_running_loop().run_in_executor(executor, run)
         if isinstance(value, AwaitCallback):
             return Handoff(value.timeout, value.heartbeat), Spent()
+        if isinstance(value, AwaitEvent):
+            return Handoff(value.timeout, None, EventWait(value.trigger, value.key)), Spent()
         output = handler.check_output(value)
     except asyncio.CancelledError:
         ctx.cancelled.set()  # a handler's thread runs on: this tells it to stop

@@ -1,38 +1,32 @@
-"""Workflow, step, trigger and join-policy specs: what the TOML config declares, validated."""
+"""Workflow, step, trigger and join-policy specs: what the TOML config declares, validated.
+
+Services and triggers live in model_edges.py, the base every spec shares in spec_base.py;
+both are re-exported here, where the rest of the code imports them from.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Annotated, Any, Literal, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    StringConstraints,
-    model_validator,
-)
+from pydantic import BeforeValidator, Field, model_validator
 
 from orchestrator.durations import Duration, parse_duration
-
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
-HANDLER_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-MIN_SECRET_BYTES = 16
-
-
-class Spec(BaseModel):
-    """Base of every config model: frozen, and unknown keys are errors (they are usually typos)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+from orchestrator.model_edges import FIELD_PATH_PATTERN as FIELD_PATH_PATTERN
+from orchestrator.model_edges import ResultMapping as ResultMapping
+from orchestrator.model_edges import ServiceSpec as ServiceSpec
+from orchestrator.model_edges import TriggerSpec as TriggerSpec
+from orchestrator.model_edges import WebhookSpec as WebhookSpec
+from orchestrator.model_edges import _zone as _zone
+from orchestrator.spec_base import HANDLER_PATTERN as HANDLER_PATTERN
+from orchestrator.spec_base import MIN_SECRET_BYTES as MIN_SECRET_BYTES
+from orchestrator.spec_base import NAME_PATTERN as NAME_PATTERN
+from orchestrator.spec_base import Spec as Spec
+from orchestrator.spec_base import _resolve_plain_secret as _resolve_plain_secret
+from orchestrator.spec_base import _resolve_secret as _resolve_secret
 
 
 class Rate(Spec):
@@ -269,170 +263,3 @@ def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str]:
                 on_path.discard(node)
                 path.pop()
     return []
-
-
-def _from_env(value: object) -> object:
-    """`env:NAME` is the value of environment variable NAME, so config files hold no secrets."""
-    if isinstance(value, str) and value.startswith("env:"):
-        name = value.removeprefix("env:")
-        if name not in os.environ:
-            raise ValueError(f"environment variable {name} is not set")
-        return os.environ[name]
-    return value
-
-
-def _resolve_secret(value: object) -> object:
-    """A base64 (`whsec_`) secret with enough key, given inline or as `env:NAME`."""
-    value = _from_env(value)
-    if isinstance(value, str):
-        try:
-            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError(
-                "a webhook secret must be base64, optionally prefixed whsec_"
-            ) from None
-        if len(key) < MIN_SECRET_BYTES:
-            raise ValueError(f"a webhook secret must hold at least {MIN_SECRET_BYTES} bytes of key")
-    return value
-
-
-WebhookSecret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
-
-
-class SignedBy(Spec):
-    """Base of specs that hold signing secrets: `secret` is shorthand for one-item `secrets`."""
-
-    secrets: tuple[SecretStr, ...] = ()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_secret(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "secret" in data:
-            data = dict(data)
-            if "secrets" in data:
-                raise ValueError("set either secret or secrets, not both")
-            data["secrets"] = [data.pop("secret")]
-        return data
-
-    def secret_values(self) -> list[str]:
-        return [secret.get_secret_value() for secret in self.secrets]
-
-
-class ServiceSpec(SignedBy):
-    """An external service: where to reach it and the secrets its callbacks are signed with.
-
-    `secret` takes one secret, `secrets` several (during a rotation, old and new); either may
-    be written `env:NAME` to read it from the environment.
-    """
-
-    url: str | None = Field(
-        default=None, description="where ctx.dispatch sends, for steps naming this service"
-    )
-    description: str = Field(default="", description="what the service does")
-    secrets: tuple[WebhookSecret, ...] = Field(
-        default=(),
-        description="whsec_ secrets its callbacks may be signed with (rotation: several)",
-    )
-
-
-def _resolve_plain_secret(value: object) -> object:
-    """A plain-text webhook secret (GitHub, Stripe) long enough, given inline or as `env:NAME`."""
-    value = _from_env(value)
-    if isinstance(value, str) and len(value) < MIN_SECRET_BYTES:
-        # An empty key would let anyone sign; a short one can be guessed.
-        raise ValueError(f"a webhook secret must be at least {MIN_SECRET_BYTES} characters")
-    return value
-
-
-PlainSecret = Annotated[SecretStr, BeforeValidator(_resolve_plain_secret)]
-
-
-class WebhookSpec(SignedBy):
-    """How an inbound webhook trigger checks who sent it.
-
-    `standard` (Standard Webhooks), `github` (X-Hub-Signature-256) or `stripe`
-    (Stripe-Signature); `none` only when chosen explicitly, and warned about at start-up.
-    """
-
-    scheme: Literal["standard", "github", "stripe", "none"] = Field(
-        description="how deliveries are signed; none: unsigned, warned about at start-up"
-    )
-    secrets: tuple[PlainSecret, ...] = Field(
-        default=(), description="secrets that may sign a delivery (rotation: several)"
-    )
-    tolerance: Duration = Field(default=300.0, description="accepted clock skew of a signature")
-    payload_model: str | None = Field(
-        default=None,
-        pattern=HANDLER_PATTERN,
-        description="module:Model that validates the payload (422 otherwise)",
-    )
-
-    @model_validator(mode="after")
-    def _needs_a_secret(self) -> Self:
-        if self.scheme != "none" and not self.secrets:
-            raise ValueError(f'scheme {self.scheme!r} needs a secret (write secret = "env:NAME")')
-        if self.scheme == "standard":
-            for secret in self.secrets:
-                _resolve_secret(secret.get_secret_value())
-        return self
-
-
-def _zone(value: object) -> object:
-    if isinstance(value, str):
-        try:
-            return ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown IANA timezone {value!r} (e.g. 'Europe/Berlin', 'UTC')"
-            ) from None
-    return value
-
-
-class TriggerSpec(Spec):
-    """A named source of events: a cron schedule, an inbound webhook, or neither (fired by
-    hand). Every trigger can also be fired by hand."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
-
-    workflow: str = Field(description="the workflow each event starts")
-    description: str = Field(default="", description="what the trigger is for")
-    payload: dict[str, Any] = Field(
-        default_factory=dict, description="default event payload, merged under what is fired"
-    )
-    cron: Annotated[str, StringConstraints(strip_whitespace=True)] | None = Field(
-        default=None, description="five fields or @daily, @hourly, ..."
-    )
-    timezone: Annotated[ZoneInfo, BeforeValidator(_zone)] = Field(
-        default=ZoneInfo("UTC"), description="the zone the cron expression is read in"
-    )
-    on_gap: Literal["shift", "skip"] = Field(
-        default="shift",
-        description="a local time that does not exist (spring forward): shift to the change, or skip",
-    )
-    on_overlap: Literal["first", "last", "both"] = Field(
-        default="first", description="a local time that happens twice (fall back): which fires"
-    )
-    misfire: Literal["skip", "latest", "all"] = Field(
-        default="latest", description="after downtime: which missed fires (within the grace) fire"
-    )
-    misfire_grace: Duration = Field(default=3600.0, description="how far back a missed fire counts")
-    webhook: WebhookSpec | None = Field(
-        default=None, description="fire by signed POST /hooks/NAME: a [triggers.NAME.webhook] table"
-    )
-
-    @model_validator(mode="after")
-    def _check_kind(self) -> Self:
-        from orchestrator.cron import valid_expression
-
-        if self.cron is not None and self.webhook is not None:
-            raise ValueError("a trigger is a cron schedule or a webhook, not both")
-        if self.cron is not None and not valid_expression(self.cron):
-            raise ValueError(
-                f"cron = {self.cron!r} is not a cron expression that can fire: five fields "
-                "(minute hour day month weekday, e.g. '42 7 * * MON-FRI') or @daily, @hourly, ..."
-            )
-        return self
-
-    @property
-    def kind(self) -> str:
-        return "cron" if self.cron else "webhook" if self.webhook else "manual"

@@ -6,6 +6,7 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.openapi_runs import ATTEMPT, RUN_DETAIL, SEGMENT, TASK, TIMING, ref
+from orchestrator.openapi_waits import KEPT_EVENTS, WAITS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -45,6 +46,8 @@ FIRED = {
         "event_id": {"type": "string"},
         "run_id": {"type": ["string", "null"]},
         "duplicate": {"type": "boolean"},
+        "completed": {"type": "integer", "description": "tasks waiting on its key it completed"},
+        "kept": {"type": "integer", "description": "keys it was kept under for later waits"},
     },
 }
 CALLBACK = {
@@ -142,7 +145,8 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/hooks/{trigger}": {
         "post": {
-            "summary": "Inbound webhook: verify, persist as an event, start a run",
+            "summary": "Inbound webhook: verify, persist as an event, start a run, and complete "
+            "the tasks waiting on its key (or keep it for waits registered later)",
             "parameters": [_path("trigger")],
             "requestBody": {"content": {"application/json": {"schema": OBJECT}}},
             "responses": {
@@ -159,16 +163,24 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/callbacks/{token}": {
         "post": {
-            "summary": "A service completes one task attempt (Standard Webhooks signed)",
+            "summary": "A service completes one task attempt, authenticated by its service's "
+            "scheme (Standard Webhooks by default; a secret header, Twilio's signature, or the "
+            "URL alone)",
             "parameters": [_path("token"), *SIGNED],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": CALLBACK}},
+                "content": {
+                    "application/json": {"schema": CALLBACK},
+                    "application/x-www-form-urlencoded": {"schema": OBJECT},
+                },
             },
             "responses": {
-                "200": _json(OBJECT, "accepted, or a duplicate counted once"),
+                "200": _json(
+                    OBJECT, "accepted, a duplicate counted once, or progress (still waiting)"
+                ),
                 "400": MALFORMED,
-                "401": _error("bad, missing or stale signature"),
+                "401": _error("bad, missing or stale signature (or secret header)"),
+                "415": _error("a Twilio-signed callback that is not form-encoded"),
                 "404": _error("unknown token"),
                 "409": _error("webhook-id reused with another body, or a different result"),
                 "410": _error("task timed out, was cancelled, or its attempt was replaced"),
@@ -184,9 +196,11 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [_path("token"), *SIGNED],
             "responses": {
                 "200": _json(OBJECT, "deadline extended"),
+                "400": MALFORMED,
                 "401": _error("bad signature"),
                 "404": _error("unknown token"),
                 "410": _error("the task is no longer waiting"),
+                "415": _error("a Twilio-signed heartbeat that is not form-encoded"),
                 "413": _error("body over the limit"),
                 "503": BUSY,
             },
@@ -298,6 +312,31 @@ PATHS: dict[str, dict[str, Any]] = {
                     "minutes from this one on (epoch seconds or ISO 8601; default: the last hour)",
                 ),
                 _query("limit", "at most this many counts, 1-10000", "integer"),
+            ],
+        )
+    },
+    "/admin/waits": {
+        "get": _admin(
+            "Tasks waiting on an event's key (ctx.await_event), by task id",
+            {"200": _json(WAITS, "a page of waits and next_cursor"), "400": BAD_PARAMETER},
+            parameters=[
+                _query("trigger", "only waits on this trigger's events"),
+                _query("cursor", "next_cursor of the previous page"),
+                _query("limit", "page size, 1-1000", "integer"),
+            ],
+        )
+    },
+    "/admin/kept-events": {
+        "get": _admin(
+            "Events no task waited on yet, kept for waits registered before they expire",
+            {
+                "200": _json(KEPT_EVENTS, "a page of kept events and next_cursor"),
+                "400": BAD_PARAMETER,
+            },
+            parameters=[
+                _query("trigger", "only this trigger's events"),
+                _query("cursor", "next_cursor of the previous page"),
+                _query("limit", "page size, 1-1000", "integer"),
             ],
         )
     },

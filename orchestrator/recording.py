@@ -3,7 +3,9 @@
 `apply` does every piece of a batch (work.py) inside one transaction and returns a result
 for each: hand-offs become tasks awaiting callbacks, hand-offs that did not get through go
 out again later, reports and verified callbacks go through the one completion path, step
-deadlines reach their barriers, rejections are appended to history.
+deadlines reach their barriers, rejections are appended to history. A hand-off that awaits
+an event registers its wait, or completes at once from an event kept for its key
+(key_waits.py).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator import task_moves
-from orchestrator.advance import Advance, Report
+from orchestrator import key_waits, task_moves
+from orchestrator.advance import Advance, Applied, Report
 from orchestrator.outbox import Ready
 from orchestrator.states import Outcome, RunState, backoff_delay
 from orchestrator.store import Receipt
@@ -42,7 +44,8 @@ async def apply(advance: Advance, batch: Sequence[Work]) -> list[Any]:
         elif isinstance(work, ReportWork) and work.report is not None:
             reports.append((index, work.report))
     handoffs = [(i, w) for i, w in enumerate(batch) if isinstance(w, HandoffWork)]
-    results.update(await _hand_off(advance, handoffs))
+    handed, early = await _hand_off(advance, handoffs)
+    results.update(handed)
     redispatches = [(i, w) for i, w in enumerate(batch) if isinstance(w, RedispatchWork)]
     reports += await _redispatch(advance, redispatches, results)
     for index, work in enumerate(batch):
@@ -50,39 +53,76 @@ async def apply(advance: Advance, batch: Sequence[Work]) -> list[Any]:
             results[index] = await _step_deadline(advance, work.run_id, work.step)
     fresh = await unseen_callbacks(advance, callbacks, results)
     applied = await advance.report(
-        [report for _, report in reports] + [work.report for _, work in fresh if work.report]
+        [report for _, report in reports]
+        + [work.report for _, work in fresh if work.report]
+        + [completing.report for completing in early]
     )
     for (index, _), outcome in zip(reports, applied, strict=False):
         results[index] = outcome
     receipts: list[Receipt] = []
-    for (index, work), outcome in zip(fresh, applied[len(reports) :], strict=True):
+    settled = applied[len(reports) : len(reports) + len(fresh)]
+    for (index, work), outcome in zip(fresh, settled, strict=True):
         results[index] = callback_verdict(advance, work, outcome, receipts)
+    key_waits.annotate(early, applied[len(reports) + len(fresh) :])
     await advance.tx.insert_receipts(receipts)
+    await _forget_waits(advance, [report for _, report in reports], applied)
     return [results.get(index) for index in range(len(batch))]
 
 
-async def _hand_off(advance: Advance, handoffs: list[tuple[int, HandoffWork]]) -> dict[int, bool]:
-    """The handlers handed their work to services: wait for the callbacks, with deadlines."""
+async def _forget_waits(advance: Advance, reports: list[Report], applied: list[Applied]) -> None:
+    """A timer or an operator ended tasks awaiting events: their waits go with them. (Other
+    ways a task ends leave its wait to the retention sweep: a wait whose task no longer
+    waits is never matched.)"""
+    ended = [
+        report.task.id
+        for report, outcome in zip(reports, applied, strict=False)
+        if report.task.awaiting and report.source in ("timer", "operator") and outcome.changed
+    ]
+    await advance.tx.delete_waits(ended)
+
+
+async def _hand_off(
+    advance: Advance, handoffs: list[tuple[int, HandoffWork]]
+) -> tuple[dict[int, bool], list[key_waits.Completing]]:
+    """The handlers handed their work off: wait for the callbacks or events, with deadlines.
+    Also the reports of tasks that an event kept for their key completes at once."""
     writes = []
     for _, work in handoffs:
         assert work.item is not None  # noqa: S101 - built with one
         assert work.handoff is not None  # noqa: S101 - built with one
         step, handoff = work.item.spec, work.handoff
         window = handoff.heartbeat or step.heartbeat or handoff.timeout or step.timeout
-        writes.append(task_moves.await_callback(work.item.task, advance.now, window))
+        move = task_moves.await_event if handoff.event else task_moves.await_callback
+        writes.append(move(work.item.task, advance.now, window))
     applied = await advance.tx.write_tasks(writes)
-    for write in writes:
-        task = write.task
-        if task.id in applied:
+    registering = []
+    for (_, work), write in zip(handoffs, writes, strict=True):
+        task, wait = write.task, work.handoff.event if work.handoff else None
+        if task.id not in applied:
+            continue
+        if wait is None:
             advance.outbox.note(
                 "task_awaiting_callback", advance.now, task.run_id, task_id=task.id,
                 step=task.step, attempt=task.attempt, deadline=task.due_at,
             )  # fmt: skip
             advance.outbox.task_deadlines.append(task)
+            continue
+        advance.outbox.note(
+            "task_awaiting_event", advance.now, task.run_id, task_id=task.id, step=task.step,
+            attempt=task.attempt, trigger=wait.trigger, key=wait.key, deadline=task.due_at,
+        )  # fmt: skip
+        assert work.item is not None  # noqa: S101 - built with one
+        registering.append(key_waits.Registering(task, work.item.spec, wait, task.due_at))
+    early = await key_waits.register(advance, registering)
+    completed_at_once = {completing.report.task.id for completing in early}
+    advance.outbox.task_deadlines.extend(
+        item.task for item in registering if item.task.id not in completed_at_once
+    )
     # Not applied: the callback came first, or the task ended meanwhile.
-    return {
+    handed = {
         index: write.task.id in applied for (index, _), write in zip(handoffs, writes, strict=True)
     }
+    return handed, early
 
 
 async def _redispatch(

@@ -57,6 +57,8 @@ class HistoryRelay:
             return
         first, last = _id(entries[0]), _id(entries[-1])
         self._final = max(self._final, last)
+        if last <= self._published:
+            return  # a read of the store already published them
         if not self._bus.listening:
             self._published = self._final
             return

@@ -5,8 +5,10 @@ payload, task items and outputs); the run, its barriers, its run-level history a
 events' delivery ids stay, so operators still see what ran and senders' retries still
 dedup. Rows of no run (history entries without a run, such as rejected webhook
 deliveries, and the counts of rejected requests) go after `history_age` too. After
-`runs_age`, the whole run goes. Work is done in batches, each its own short transaction,
-so callbacks queue between batches instead of waiting for the whole sweep.
+`runs_age`, the whole run goes. Waits on keys whose task no longer waits (it finished,
+was retried or went) and events kept for early arrival that expired go at every sweep.
+Work is done in batches, each its own short transaction, so callbacks queue between
+batches instead of waiting for the whole sweep.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Swept:
     payloads: int = 0
     runs: int = 0
     unattached: int = 0
+    waits: int = 0
+    kept_events: int = 0
 
 
 class RetentionJob:
@@ -59,6 +63,8 @@ class RetentionJob:
                     payloads=swept.payloads,
                     runs=swept.runs,
                     unattached=swept.unattached,
+                    waits=swept.waits,
+                    kept_events=swept.kept_events,
                 )
         finally:
             self.arm()
@@ -75,7 +81,9 @@ class RetentionJob:
         unattached = await _drain(
             lambda: store.prune_unattached(now - self.policy.history_age, batch)
         )
-        return Swept(history, payloads, runs, unattached)
+        waits = await _drain(lambda: store.prune_waits(batch))
+        kept = await _drain(lambda: store.prune_kept_events(now, batch))
+        return Swept(history, payloads, runs, unattached, waits, kept)
 
 
 async def _drain(step: Callable[[], Awaitable[int]]) -> int:

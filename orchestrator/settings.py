@@ -173,7 +173,7 @@ class Settings(BaseSettings):
                 if not re.match(NAME_PATTERN, name):
                     raise ValueError(f"{kind} name {name!r} must be letters, digits, _ or -")
         for name, trigger in self.triggers.items():
-            if trigger.workflow not in self.workflows:
+            if trigger.workflow is not None and trigger.workflow not in self.workflows:
                 known = ", ".join(sorted(self.workflows)) or "none"
                 raise ValueError(
                     f"triggers.{name}.workflow: unknown workflow {trigger.workflow!r} (workflows: {known})"

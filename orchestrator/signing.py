@@ -1,4 +1,8 @@
-"""Standard Webhooks signatures: sign and verify, pure functions with the clock passed in.
+"""Webhook signatures: sign and verify, pure functions with the clock passed in.
+
+Standard Webhooks (below), GitHub and Stripe for inbound hooks; Twilio's
+X-Twilio-Signature and a fixed secret header for callbacks of services that do not sign
+the Standard Webhooks way.
 
 The scheme (https://www.standardwebhooks.com): headers `webhook-id`, `webhook-timestamp`
 (Unix seconds) and `webhook-signature`, a space-separated list of `v1,<base64 HMAC-SHA256>`
@@ -21,8 +25,9 @@ import hmac
 import re
 import secrets as random_secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 _UNIX_SECONDS = re.compile(r"[0-9]{1,12}")  # ASCII digits only; no overflow, no "²"
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the scheme's prefix, not a secret
@@ -154,3 +159,64 @@ def verify_stripe(
         if any(hmac.compare_digest(expected, candidate) for candidate in signatures):
             return timestamp
     raise SignatureError("no signature matches")
+
+
+def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
+    """Twilio's X-Twilio-Signature: base64 HMAC-SHA1, keyed with the auth token, of the
+    full URL followed by each form parameter's name and value, sorted by name (then by
+    value; a pair repeated counts once), as twilio's RequestValidator computes it."""
+    values: dict[str, set[str]] = {}
+    for name, value in params:
+        values.setdefault(name, set()).add(value)
+    signed = url + "".join(
+        name + value for name in sorted(values) for value in sorted(values[name])
+    )
+    digest = hmac.new(_raw(auth_token), _raw(signed), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _with_and_without_port(url: str) -> list[str]:
+    """The URL as signed with the default port written out and left out: Twilio signs
+    either way (its own validator accepts both)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    default = "443" if parts.scheme == "https" else "80"
+    if parts.port is not None:
+        bare = parts.netloc.rsplit(":", 1)[0]
+        return (
+            [url] if str(parts.port) != default else [url, urlunsplit(parts._replace(netloc=bare))]
+        )
+    return [url, urlunsplit(parts._replace(netloc=f"{host}:{default}"))]
+
+
+def verify_twilio(
+    accepted: Sequence[str],
+    headers: Mapping[str, str],
+    url: str,
+    params: Sequence[tuple[str, str]],
+) -> None:
+    """Check X-Twilio-Signature over `url` (as the sender was given it) and the form
+    parameters, against every accepted auth token; SignatureError says why not."""
+    presented = headers.get("x-twilio-signature")
+    if not presented:
+        raise SignatureError("missing X-Twilio-Signature header")
+    candidate = _raw(presented.strip())
+    for token in accepted:
+        for signed_url in _with_and_without_port(url):
+            expected = twilio_signature(token, signed_url, params).encode()
+            if hmac.compare_digest(expected, candidate):
+                return
+    raise SignatureError("no signature matches")
+
+
+def verify_header(accepted: Sequence[str], headers: Mapping[str, str], name: str) -> None:
+    """Check that header `name` equals one of the accepted secrets, in constant time
+    (`headers` as Starlette's, or lowercase keys)."""
+    presented = headers.get(name.lower())
+    if presented is None:
+        raise SignatureError(f"missing {name} header")
+    found = False
+    for secret in accepted:
+        found |= hmac.compare_digest(_raw(secret), _raw(presented))
+    if not found:
+        raise SignatureError(f"{name} does not match")

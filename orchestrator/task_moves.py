@@ -59,6 +59,12 @@ def await_callback(task: Task, now: float, window: float | None) -> TaskWrite:
     )
 
 
+def await_event(task: Task, now: float, window: float | None) -> TaskWrite:
+    """The handler waits for an inbound event's key: the same move as awaiting a callback
+    (the task stays dispatched and awaiting; its wait is a row of its own)."""
+    return await_callback(task, now, window)
+
+
 def extend(task: Task, now: float) -> TaskWrite:
     """A heartbeat: the deadline moves `wait_window` past now."""
     window = task.wait_window

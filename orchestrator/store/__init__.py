@@ -6,6 +6,7 @@ from orchestrator.store.base import (
     RECONNECTED,
     BarrierWrite,
     CallbackToken,
+    KeptEvent,
     Notice,
     NoticeFn,
     Page,
@@ -16,6 +17,8 @@ from orchestrator.store.base import (
     StoreTx,
     StoreUnavailable,
     Unfinished,
+    Wait,
+    WaitKey,
 )
 from orchestrator.store.memory import MemoryStore
 from orchestrator.store.postgres_url import EXAMPLE, EXTRA, is_postgres, postgres_problem
@@ -25,6 +28,7 @@ __all__ = [
     "RECONNECTED",
     "BarrierWrite",
     "CallbackToken",
+    "KeptEvent",
     "MemoryStore",
     "Notice",
     "NoticeFn",
@@ -37,6 +41,8 @@ __all__ = [
     "StoreTx",
     "StoreUnavailable",
     "Unfinished",
+    "Wait",
+    "WaitKey",
     "open_store",
     "url_problem",
 ]

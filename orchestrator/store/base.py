@@ -92,6 +92,52 @@ class CallbackToken:
 
 
 RejectionKey = tuple[int, str, str]  # (minute, route, reason)
+WaitKey = tuple[str, str]  # (trigger, key)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """One task attempt waiting for an event of `trigger` whose key is `key`.
+
+    `run_id` and `step` are the task's, filled in when a wait is read for a listing.
+    """
+
+    trigger: str
+    key: str
+    task_id: str
+    attempt: int
+    registered_at: float
+    deadline: float | None = None
+    run_id: str | None = None
+    step: str | None = None
+
+    @property
+    def wait_key(self) -> WaitKey:
+        return (self.trigger, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class KeptEvent:
+    """An event that no task waited on when it arrived, kept under one of its keys until
+    `expires`, so that a wait registered before then completes from it.
+
+    `outcome` ("succeeded" or "failed") and `error` are what it means for a waiting task,
+    decided when it arrived. `payload` is the event's, read with it (stored once, in
+    events).
+    """
+
+    trigger: str
+    key: str
+    event_id: str
+    received_at: float
+    expires: float
+    outcome: str
+    error: str | None = None
+    payload: Any = None
+
+    @property
+    def wait_key(self) -> WaitKey:
+        return (self.trigger, self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +264,32 @@ class StoreTx(Protocol):
 
     async def insert_receipts(self, receipts: Sequence[Receipt]) -> None: ...
 
+    # -- waits on keys (issue 15) -----------------------------------------------------------
+
+    async def lock_wait_keys(self, keys: Collection[WaitKey]) -> None:
+        """Hold these (trigger, key) pairs until the transaction ends: a wait being
+        registered and an event arriving for the same key never miss each other (on
+        PostgreSQL, advisory locks; one writer at a time elsewhere makes it so already)."""
+
+    async def waiting_on(self, keys: Collection[WaitKey]) -> list[tuple[Wait, Task]]:
+        """The waits on these keys whose task is still dispatched on the wait's attempt,
+        with the task (both locked), oldest wait first."""
+
+    async def insert_waits(self, waits: Sequence[Wait]) -> None:
+        """Register waits; one already registered for the same task attempt is replaced
+        (a handler run again after a restart registers again)."""
+
+    async def delete_waits(self, task_ids: Collection[str]) -> None:
+        """Forget every wait of these tasks."""
+
+    async def keep_events(self, kept: Sequence[KeptEvent], most: Mapping[str, int]) -> None:
+        """Keep these events for early arrival (one already kept stays as it is); then keep
+        at most `most[trigger]` of each trigger named, the oldest going first."""
+
+    async def kept_for(self, keys: Collection[WaitKey], now: float) -> list[KeptEvent]:
+        """The events kept under these keys that expire after `now`, with their payloads,
+        in the order they arrived."""
+
     # -- history ---------------------------------------------------------------------------
 
     async def append_history(self, entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
@@ -340,6 +412,31 @@ class Store(Protocol):
     async def probe_write(self, within: float) -> None:
         """Commit a tiny write within `within` seconds, or raise StoreUnavailable: the
         readiness probe (a store that answers reads may still be unable to write)."""
+
+    # -- waits on keys and events kept for them (issue 15) ----------------------------------
+
+    async def list_waits(
+        self, *, trigger: str | None = None, cursor: str | None = None, limit: int = 100
+    ) -> Page[Wait]:
+        """Waits whose task still waits (dispatched on the wait's attempt), by task id,
+        with the task's run and step; the cursor is the last task id shown."""
+
+    async def list_kept_events(
+        self,
+        *,
+        now: float,
+        trigger: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page[KeptEvent]:
+        """Kept events that expire after `now`, by event id then key, without payloads;
+        the cursor is `event_id:key` of the last one shown."""
+
+    async def prune_waits(self, limit: int) -> int:
+        """Delete up to `limit` waits whose task no longer waits (finished, retried, gone)."""
+
+    async def prune_kept_events(self, before: float, limit: int) -> int:
+        """Delete up to `limit` kept events that expired before `before`."""
 
     async def deadlines_before(self, until: float) -> list[Task]:
         """Dispatched tasks of running runs whose deadline is before `until`."""

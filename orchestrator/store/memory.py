@@ -22,11 +22,13 @@ from orchestrator.ids import time_floor
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState, TaskState
 from orchestrator.store.base import (
+    KeptEvent,
     NoticeFn,
     Page,
     RejectionCount,
     StoreUnavailable,
     Unfinished,
+    Wait,
 )
 from orchestrator.store.memory_tx import UNFINISHED, MemoryTx, Tables, as_json, stored_task
 
@@ -79,8 +81,14 @@ class MemoryStore:
         base.history.extend(new.history)
         base.meta.update(new.meta)
         base.replicas.update(new.replicas)
-        for gone in new.dropped:
-            base.replicas.pop(gone, None)
+        for replica in new.dropped:
+            base.replicas.pop(replica, None)
+        for wait_key in tx.gone_waits:
+            base.waits.pop(wait_key, None)
+        base.waits.update(new.waits)
+        for gone in tx.gone_kept:
+            base.kept.pop(gone, None)
+        base.kept.update(new.kept)
         self._next_history_id = tx.next_history_id
         self._next_task_order = tx.next_task_order
 
@@ -263,6 +271,72 @@ class MemoryStore:
             for key in old:
                 del tables.rejections[key]
             return len(doomed) + len(old)
+
+    # -- waits on keys and events kept for them -----------------------------------------------
+
+    def _waiting(self, wait: Wait) -> Task | None:
+        task = self._tables.tasks.get(wait.task_id)
+        if task is None or task.state is not TaskState.DISPATCHED or task.attempt != wait.attempt:
+            return None
+        return task
+
+    async def list_waits(
+        self, *, trigger: str | None = None, cursor: str | None = None, limit: int = 100
+    ) -> Page[Wait]:
+        found = []
+        for wait in self._tables.waits.values():
+            task = self._waiting(wait)
+            if (
+                task is not None
+                and (trigger is None or wait.trigger == trigger)
+                and (cursor is None or wait.task_id > cursor)
+            ):
+                found.append(replace(wait, run_id=task.run_id, step=task.step))
+        found.sort(key=lambda wait: wait.task_id)
+        limit = max(1, limit)
+        page = found[:limit]
+        return Page(page, page[-1].task_id if len(found) > limit else None)
+
+    async def list_kept_events(
+        self,
+        *,
+        now: float,
+        trigger: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page[KeptEvent]:
+        after = None if cursor is None else cursor.partition(":")[::2]
+        found = sorted(
+            (
+                kept
+                for kept in self._tables.kept.values()
+                if kept.expires > now
+                and (trigger is None or kept.trigger == trigger)
+                and (after is None or (kept.event_id, kept.key) > after)
+            ),
+            key=lambda kept: (kept.event_id, kept.key),
+        )
+        limit = max(1, limit)
+        page = found[:limit]
+        last = f"{page[-1].event_id}:{page[-1].key}" if page else None
+        return Page(page, last if len(found) > limit else None)
+
+    async def prune_waits(self, limit: int) -> int:
+        async with self._lock:
+            doomed = [
+                key for key, wait in self._tables.waits.items() if self._waiting(wait) is None
+            ]
+            for key in doomed[:limit]:
+                del self._tables.waits[key]
+            return len(doomed[:limit])
+
+    async def prune_kept_events(self, before: float, limit: int) -> int:
+        async with self._lock:
+            kept = self._tables.kept
+            doomed = sorted((k for k, v in kept.items() if v.expires < before), key=str)[:limit]
+            for key in doomed:
+                del kept[key]
+            return len(doomed)
 
     # -- rejection counts and readiness ------------------------------------------------------
 

@@ -17,6 +17,7 @@ from orchestrator.states import RunState, TaskState
 from orchestrator.store.base import (
     BarrierWrite,
     CallbackToken,
+    KeptEvent,
     Lane,
     LaneLoad,
     Receipt,
@@ -25,6 +26,8 @@ from orchestrator.store.base import (
     RejectionKey,
     StepKey,
     StoreUnavailable,
+    Wait,
+    WaitKey,
 )
 from orchestrator.store.lanes import lane_loads_of
 from orchestrator.task_moves import TaskWrite
@@ -58,6 +61,8 @@ class Tables:
     rejections: dict[RejectionKey, RejectionCount] = field(default_factory=dict)
     replicas: dict[str, tuple[float, float]] = field(default_factory=dict)  # started, lease
     dropped: set[str] = field(default_factory=set)  # replicas a transaction removed
+    waits: dict[tuple[str, int], Wait] = field(default_factory=dict)
+    kept: dict[tuple[str, str, str], KeptEvent] = field(default_factory=dict)
 
 
 class MemoryTx:
@@ -66,6 +71,8 @@ class MemoryTx:
     def __init__(self, base: Tables, next_history_id: int, next_task_order: int) -> None:
         self._base = base
         self.new = Tables()
+        self.gone_waits: set[tuple[str, int]] = set()  # deleted by this transaction
+        self.gone_kept: set[tuple[str, str, str]] = set()
         self.next_history_id = next_history_id
         self.next_task_order = next_task_order
 
@@ -290,6 +297,70 @@ class MemoryTx:
 
     def notify(self, topic: str, payload: str) -> None:
         """No other process shares this store: nobody to tell."""
+
+    # -- waits on keys ---------------------------------------------------------------------
+
+    def live_waits(self) -> list[Wait]:
+        """Every wait as this transaction sees it."""
+        merged = {**self._base.waits, **self.new.waits}
+        return [wait for key, wait in merged.items() if key not in self.gone_waits]
+
+    def live_kept(self) -> list[KeptEvent]:
+        merged = {**self._base.kept, **self.new.kept}
+        return [kept for key, kept in merged.items() if key not in self.gone_kept]
+
+    async def lock_wait_keys(self, keys: Collection[WaitKey]) -> None:
+        """One transaction at a time holds the store: nothing more to lock."""
+
+    async def waiting_on(self, keys: Collection[WaitKey]) -> list[tuple[Wait, Task]]:
+        wanted = set(keys)
+        found = []
+        for wait in self.live_waits():
+            task = self._task(wait.task_id)
+            if (
+                wait.wait_key in wanted
+                and task is not None
+                and task.state is TaskState.DISPATCHED
+                and task.attempt == wait.attempt
+            ):
+                found.append((wait, stored_task(task)))
+        return sorted(found, key=lambda pair: (pair[0].registered_at, pair[0].task_id))
+
+    async def insert_waits(self, waits: Sequence[Wait]) -> None:
+        for wait in waits:
+            key = (wait.task_id, wait.attempt)
+            self.gone_waits.discard(key)
+            self.new.waits[key] = replace(wait, run_id=None, step=None)
+
+    async def delete_waits(self, task_ids: Collection[str]) -> None:
+        doomed = set(task_ids)
+        for wait in self.live_waits():
+            if wait.task_id in doomed:
+                self.gone_waits.add((wait.task_id, wait.attempt))
+                self.new.waits.pop((wait.task_id, wait.attempt), None)
+
+    async def keep_events(self, kept: Sequence[KeptEvent], most: Mapping[str, int]) -> None:
+        for event in kept:
+            key = (event.trigger, event.key, event.event_id)
+            if key not in self._base.kept and key not in self.new.kept:
+                self.gone_kept.discard(key)
+                self.new.kept[key] = replace(event, payload=None)
+        for trigger, limit in most.items():
+            mine = [k for k in self.live_kept() if k.trigger == trigger]
+            mine.sort(key=lambda k: (k.received_at, k.event_id), reverse=True)
+            for old in mine[limit:]:
+                gone = (old.trigger, old.key, old.event_id)
+                self.gone_kept.add(gone)
+                self.new.kept.pop(gone, None)
+
+    async def kept_for(self, keys: Collection[WaitKey], now: float) -> list[KeptEvent]:
+        wanted = set(keys)
+        found = []
+        for kept in self.live_kept():
+            event = await self.get_event(kept.event_id)
+            if kept.wait_key in wanted and kept.expires > now and event is not None:
+                found.append(replace(kept, payload=event.payload))
+        return sorted(found, key=lambda k: (k.received_at, k.event_id))
 
     # -- history -----------------------------------------------------------------------------
 

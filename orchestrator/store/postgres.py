@@ -26,6 +26,7 @@ from orchestrator.store.postgres_schema import migrate
 from orchestrator.store.postgres_tx import PostgresTx
 from orchestrator.store.postgres_upkeep import Upkeep
 from orchestrator.store.postgres_url import redact, scrub
+from orchestrator.store.postgres_waits import PostgresWaitsStore
 from orchestrator.store.rows import (
     barrier_from_row,
     event_from_row,
@@ -85,7 +86,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-class PostgresStore(Upkeep):
+class PostgresStore(PostgresWaitsStore, Upkeep):
     """The Store protocol on one PostgreSQL database, through a pool of connections: the
     store several replicas share."""
 

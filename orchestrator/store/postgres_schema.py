@@ -146,6 +146,32 @@ MIGRATIONS: list[str] = [
     CREATE INDEX tasks_in_flight_by_step ON tasks (step) WHERE state = 'dispatched';
     CREATE INDEX tasks_started_by_step ON tasks (step, started_at) WHERE started_at IS NOT NULL;
     """,
+    # 5: tasks waiting on an event's key, and events kept for a wait registered after they
+    # arrived (SQLite's 9; issue 15).
+    """
+    CREATE TABLE waits (
+        task_id TEXT COLLATE "C" NOT NULL,
+        attempt INTEGER NOT NULL,
+        trigger TEXT COLLATE "C" NOT NULL,
+        key TEXT COLLATE "C" NOT NULL,
+        registered_at DOUBLE PRECISION NOT NULL,
+        deadline DOUBLE PRECISION,
+        PRIMARY KEY (task_id, attempt)
+    );
+    CREATE INDEX waits_by_key ON waits (trigger, key);
+    CREATE TABLE kept_events (
+        trigger TEXT COLLATE "C" NOT NULL,
+        key TEXT COLLATE "C" NOT NULL,
+        event_id TEXT COLLATE "C" NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        expires DOUBLE PRECISION NOT NULL,
+        outcome TEXT COLLATE "C" NOT NULL,
+        error TEXT,
+        PRIMARY KEY (trigger, key, event_id)
+    );
+    CREATE INDEX kept_events_by_age ON kept_events (trigger, received_at, event_id);
+    CREATE INDEX kept_events_expiring ON kept_events (expires);
+    """,
 ]
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -32,6 +32,7 @@ from orchestrator.store.base import (
 from orchestrator.store.lanes import lane_loads_of
 from orchestrator.store.postgres_driver import Connection, columns, rounds, text, translating
 from orchestrator.store.postgres_notices import send
+from orchestrator.store.postgres_waits import PostgresWaitsTx
 from orchestrator.store.rows import (
     barrier_from_row,
     dumps,
@@ -213,7 +214,7 @@ HISTORY_LOCK = 0x6F72_6368_6869_7374  # "orch hist"
 LOCK_HISTORY = "SELECT pg_advisory_xact_lock($1)"
 
 
-class PostgresTx:
+class PostgresTx(PostgresWaitsTx):
     """The StoreTx of one transaction on one pooled connection."""
 
     def __init__(self, conn: Connection, channel: str = "orchestrator") -> None:

@@ -15,6 +15,7 @@ from orchestrator.barrier import Barrier, BarrierStatus
 from orchestrator.model import JoinPolicy
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState, TaskState
+from orchestrator.store.base import KeptEvent, Wait
 
 # Enum(value) goes through EnumMeta.__call__: a dict is several times faster per row.
 TASK_STATES = {state.value: state for state in TaskState}
@@ -140,4 +141,33 @@ def task_state_params(task: Task) -> tuple[Any, ...]:
         task.wait_window,
         task.queued_at,
         task.owner,
+    )
+
+
+def wait_from_row(row: Row, prefix: str = "", *, with_task: bool = False) -> Wait:
+    """A wait from a row of the waits table, its columns named `{prefix}column` (read
+    beside a task's); `with_task`: the row also has the task's run_id and step."""
+    return Wait(
+        trigger=row[f"{prefix}trigger"],
+        key=row[f"{prefix}key"],
+        task_id=row[f"{prefix}task_id"],
+        attempt=row[f"{prefix}attempt"],
+        registered_at=row[f"{prefix}registered_at"],
+        deadline=row[f"{prefix}deadline"],
+        run_id=row["run_id"] if with_task else None,
+        step=row["step"] if with_task else None,
+    )
+
+
+def kept_from_row(row: Row, *, with_payload: bool = False) -> KeptEvent:
+    """A kept event from a row of kept_events; `with_payload`: joined with its event's."""
+    return KeptEvent(
+        trigger=row["trigger"],
+        key=row["key"],
+        event_id=row["event_id"],
+        received_at=row["received_at"],
+        expires=row["expires"],
+        outcome=row["outcome"],
+        error=row["error"],
+        payload=json.loads(row["payload"]) if with_payload else None,
     )

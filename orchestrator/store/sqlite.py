@@ -33,6 +33,7 @@ from orchestrator.store.rows import (
 )
 from orchestrator.store.sqlite_schema import MIGRATIONS, statements
 from orchestrator.store.sqlite_tx import SqliteTx
+from orchestrator.store.sqlite_waits import SqliteWaitsStore
 
 # The batch statements read their keys with the JSON ->> operator (SQLite 3.38).
 MIN_SQLITE = (3, 38, 0)
@@ -141,7 +142,7 @@ def sqlite_path(url: str) -> str:
     return url[len(prefix) :]
 
 
-class SqliteStore:
+class SqliteStore(SqliteWaitsStore):
     """The Store protocol on one SQLite file.
 
     Three connections: the writer, whose logical transactions are committed in groups

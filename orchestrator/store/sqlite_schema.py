@@ -137,6 +137,33 @@ MIGRATIONS: list[str] = [
         lease_until REAL NOT NULL
     );
     """,
+    # 9: tasks waiting on an event's key, and events kept for a wait registered after they
+    # arrived (issue 15). No foreign keys: a wait outlives nothing it names (retention
+    # prunes those whose task no longer waits), and a kept event expires within hours.
+    """
+    CREATE TABLE waits (
+        task_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        trigger TEXT NOT NULL,
+        key TEXT NOT NULL,
+        registered_at REAL NOT NULL,
+        deadline REAL,
+        PRIMARY KEY (task_id, attempt)
+    );
+    CREATE INDEX waits_by_key ON waits (trigger, key);
+    CREATE TABLE kept_events (
+        trigger TEXT NOT NULL,
+        key TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        expires REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        PRIMARY KEY (trigger, key, event_id)
+    );
+    CREATE INDEX kept_events_by_age ON kept_events (trigger, received_at, event_id);
+    CREATE INDEX kept_events_expiring ON kept_events (expires);
+    """,
 ]
 
 

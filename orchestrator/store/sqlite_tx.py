@@ -38,6 +38,7 @@ from orchestrator.store.rows import (
     task_from_row,
     task_state_params,
 )
+from orchestrator.store.sqlite_waits import SqliteWaitsTx
 from orchestrator.task_moves import TaskWrite
 
 T = TypeVar("T")
@@ -150,7 +151,7 @@ def _keys(keys: Iterable[Any]) -> str:
     return json.dumps(list(keys), separators=(",", ":"))
 
 
-class SqliteTx:
+class SqliteTx(SqliteWaitsTx):
     """The StoreTx of one logical transaction on the writer connection."""
 
     def __init__(self, conn: sqlite3.Connection, commits: GroupCommit) -> None:

@@ -174,6 +174,8 @@ async def test_fire_with_a_repeated_idempotency_key_answers_the_same_event(
         "event_id": first.json()["event_id"],
         "run_id": first.json()["run_id"],
         "duplicate": True,
+        "completed": 0,
+        "kept": 0,
     }
     runs = (await client.get("/admin/runs", headers=AUTH)).json()["runs"]
     assert len(runs) == 1

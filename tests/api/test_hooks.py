@@ -100,6 +100,8 @@ async def test_a_redelivery_answers_the_run_its_first_delivery_started(
         "event_id": first.json()["event_id"],
         "run_id": run["id"],
         "duplicate": True,
+        "completed": 0,
+        "kept": 0,
     }
 
 

@@ -25,7 +25,6 @@ class SharedHistory:
     def __init__(self) -> None:
         self.rows: dict[int, HistoryEntry] = {}
         self.reads = 0
-        self.read_done = asyncio.Event()
 
     def commit(self, *numbers: int) -> list[HistoryEntry]:
         entries = [entry(n) for n in numbers]
@@ -34,7 +33,6 @@ class SharedHistory:
 
     async def history(self, *, after: int = 0, limit: int = 100, **_: Any) -> list[HistoryEntry]:
         self.reads += 1
-        self.read_done.set()
         return [self.rows[n] for n in sorted(self.rows) if n > after][:limit]
 
 
@@ -128,3 +126,19 @@ async def test_a_store_no_one_else_shares_publishes_straight_away() -> None:
         relay.committed([entry(7)])
         assert await received(subscription, 1) == [7]
     assert store.reads == 0
+
+
+async def test_a_local_commit_a_store_read_already_published_is_not_published_again() -> None:
+    """A peer's notice made the relay read the store, which held this process's own commit
+    too; when that commit's turn comes it is not sent twice, nor kept waiting."""
+    store = SharedHistory()
+    relay, bus = relay_on(store)
+    with bus.subscribe() as subscription:
+        store.commit(1)
+        mine = store.commit(2)
+        relay.noticed("1")
+        assert await received(subscription, 2) == [1, 2]
+        relay.committed(mine)
+        relay.committed(store.commit(3))
+        assert await received(subscription, 1) == [3]
+    assert relay._held == {}
