@@ -36,8 +36,10 @@ def caddyfile() -> str:
 
 
 def test_two_identical_replicas_of_the_image_built_from_this_repository() -> None:
-    """Both replicas are one definition, built with deploy/Dockerfile from the repo root."""
+    """Both replicas are one definition, built with deploy/Dockerfile from the repo root;
+    only their hostnames differ (each replica's id, kept across its restarts)."""
     first, second = (service(name) for name in REPLICAS)
+    assert [first.pop("hostname"), second.pop("hostname")] == list(REPLICAS)
     assert first == second
     assert (DEPLOY / first["build"]["context"]).resolve() == REPO
     assert (REPO / first["build"]["dockerfile"]).resolve() == (DEPLOY / "Dockerfile").resolve()
