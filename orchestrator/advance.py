@@ -40,6 +40,7 @@ from orchestrator.store import BarrierWrite, StoreConflict, StoreTx
 from orchestrator.task_moves import TaskWrite
 
 LOCAL = "local"  # the replica id of an engine that shares its store with no other
+DEADLINE_MOVED = "the deadline moved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,8 @@ class Advance:
             decision = self._decide(task, report, infos[task.run_id].step(task.step))
             if isinstance(decision, Ignore):
                 results.append(self._ignored(task, report, decision.reason))
+                if decision.reason == DEADLINE_MOVED and task.due_at is not None:
+                    self.outbox.task_deadlines.append(task)  # keep timing it, at the new one
                 continue
             key = (task.run_id, task.step)
             barrier = barrier_now.get(key)
@@ -161,7 +164,7 @@ class Advance:
         moved = task.due_at is None or task.due_at > self.now
         if report.source == "timer" and task.state is TaskState.DISPATCHED and moved:
             # A heartbeat on another replica moved the deadline this timer was set for.
-            return Ignore("the deadline moved")
+            return Ignore(DEADLINE_MOVED)
         policy = RetryPolicy(step.max_attempts, step.backoff, step.backoff_max)
         return decide_report(
             task.state, task.attempt, report.attempt, report.outcome, policy, self.now, self.rng

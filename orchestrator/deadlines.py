@@ -4,6 +4,10 @@ Only deadlines within `window` sit on the heap; later ones stay in the store (in
 due time), and one heap entry, armed for when the earliest of them comes within the
 window, loads that window. 100,000 tasks awaiting callbacks with a one-hour deadline thus
 cost one heap entry, not 100,000.
+
+On a store several replicas share, a replica loads the deadlines of the tasks it owns (and
+unowned ones): the others' are on their heaps, and a dead replica's are armed by the
+survivor that claims its tasks.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ class Deadlines:
         on_task_due: Callable[[Task], None],
         on_step_due: Callable[[str, str], None],
         window: float = WINDOW,
+        replica: str | None = None,
     ) -> None:
         self._store = store
+        self._replica = replica  # None: every task is this process's
         self._timers = timers
         self._clock = clock
         self._on_task_due = on_task_due
@@ -107,7 +113,8 @@ class Deadlines:
         for task in tasks:
             # A task that ended, or got a new deadline (a heartbeat), while the store was
             # read keeps what that gave it, not what was read.
-            if task.id not in touched and task.due_at is not None:
+            mine = self._replica is None or task.owner in (self._replica, None)
+            if mine and task.id not in touched and task.due_at is not None:
                 self._timers.schedule(deadline_key(task.id), task.due_at, self._due(task))
         if later is not None:
             self._load_window_at(later - self._window)

@@ -117,6 +117,7 @@ class Engine:
         self.deadlines = Deadlines(
             store=store, timers=self.timers, clock=clock, window=deadline_window,
             on_task_due=self.completion.timed_out, on_step_due=self.completion.step_deadline,
+            replica=replica if store.shared else None,
         )  # fmt: skip
         self.applier.connect(self.deadlines, self.launcher, self.dispatcher)
         self.firing = Firing(self.applier, store, self.workflows, self.triggers)

@@ -120,7 +120,8 @@ async def test_a_timer_for_a_deadline_a_heartbeat_moved_changes_nothing(
     make_engine: MakeEngine, store: Store
 ) -> None:
     """Another replica's heartbeat moved the deadline; this replica's timer, armed for the
-    old one, fires: the report is ignored and the task keeps waiting."""
+    old one, fires: the report is ignored, the task keeps waiting, and this replica times it
+    at the new deadline from then on."""
     handlers.STATE.await_timeouts = {1: "30s"}
     engine = make_engine(SPEC, replica="rep-a")
     await engine.recover()
@@ -131,12 +132,14 @@ async def test_a_timer_for_a_deadline_a_heartbeat_moved_changes_nothing(
     assert verdict.value == "accepted"
     assert deadline is not None
     assert deadline >= task.due_at
+    engine.timers.cancel(("deadline", task.id))  # as if the heartbeat reached another replica
     changed = await engine.report(task.id, task.attempt, Outcome.TIMED_OUT, source="timer")
     assert changed is False
     [after] = await tasks_of(store, run_id)
     assert (after.state, after.due_at) == (TaskState.DISPATCHED, deadline)
     ignored = await store.history(run_id=run_id, types=["report_ignored"])
     assert [e.data["reason"] for e in ignored] == ["the deadline moved"]
+    assert engine.timers.due_of(("deadline", after.id)) == deadline, "timed at the new one"
 
 
 def test_released_tasks_of_other_replicas_are_told_to_their_owners() -> None:
@@ -184,3 +187,21 @@ async def test_an_exclusive_resource_is_held_across_replicas(
             async for entry in subscription:
                 if entry.type == "task_awaiting_callback" and entry.run_id == second_run:
                     break
+
+
+async def test_a_replica_loads_only_its_own_tasks_deadlines(
+    make_engine: MakeEngine, store: Store
+) -> None:
+    """rep-a's task times out on rep-a's heap; rep-b, loading its deadline window, leaves it
+    alone (it would only write a second, ignored report)."""
+    handlers.STATE.await_timeouts = {1: "30s"}
+    first = make_engine(SPEC, replica="rep-a")
+    second = make_engine(SPEC, replica="rep-b")
+    await first.recover()
+    await second.recover()
+    run_id = await one_awaiting(first, items=1)
+    [task] = await tasks_of(store, run_id)
+    await first.deadlines._load_window()
+    await second.deadlines._load_window()
+    assert first.timers.due_of(("deadline", task.id)) == task.due_at
+    assert second.timers.due_of(("deadline", task.id)) is None
