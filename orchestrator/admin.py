@@ -323,12 +323,13 @@ def trigger_preview(name: str, trigger: TriggerSpec, count: int, now: datetime) 
         "description": trigger.description,
     }
     if trigger.cron is not None:
-        fires = fires_after(schedule_of(trigger), now, count) if count else []
+        schedule = schedule_of(trigger)
+        fires = fires_after(schedule, now, count) if count else []
         preview.update(
             cron=trigger.cron,
             timezone=trigger.timezone.key,
-            on_gap=trigger.on_gap,
-            on_overlap=trigger.on_overlap,
+            on_gap=schedule.on_gap,
+            on_overlap=schedule.on_overlap,
             misfire=trigger.misfire,
             next=[
                 {"utc": fire_key(at), "local": at.astimezone(trigger.timezone).isoformat()}

@@ -5,9 +5,16 @@ turns each wall-clock time into UTC instants itself, because that is where sched
 wrong around daylight saving:
 
 * a local time that does not exist (spring forward): `shift` fires at the end of the gap,
-  the first instant that exists (default); `skip` does not fire;
-* a local time that occurs twice (fall back): `first` fires at the earlier instant
-  (default), `last` at the later, `both` at each.
+  the first instant that exists; `skip` does not fire;
+* a local time that occurs twice (fall back): `first` fires at the earlier instant, `last`
+  at the later, `both` at each.
+
+Unless a trigger says otherwise, the defaults are Vixie cron's (`dst_defaults`): a job at a
+fixed time of day shifts and fires once, while a job with a wildcard in its minute or hour
+(`*/15 * * * *`, `@hourly`) follows the clock as it is: the times a gap removes do not
+happen, the times an overlap repeats happen twice, so such a job keeps its real interval.
+Day of month and day of week are also read as Vixie does: when both are restricted a day
+matching either fires, unless one of them starts with `*` (`*/2`), then it must match both.
 
 Two wall-clock times that shift to the same instant fire once. After downtime, `misfires`
 says which of the missed fire times to fire: `skip` none, `latest` the last one (default),
@@ -36,6 +43,37 @@ class Schedule:
     on_gap: OnGap = "shift"
     on_overlap: OnOverlap = "first"
 
+    @classmethod
+    def of(
+        cls,
+        expression: str,
+        timezone: ZoneInfo,
+        on_gap: OnGap | None = None,
+        on_overlap: OnOverlap | None = None,
+    ) -> Schedule:
+        """A schedule whose unset DST policies are Vixie's for its expression."""
+        gap, overlap = dst_defaults(expression)
+        return cls(expression, timezone, on_gap or gap, on_overlap or overlap)
+
+
+FIXED_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight"}
+
+
+def dst_defaults(expression: str) -> tuple[OnGap, OnOverlap]:
+    """Vixie cron's rule: a job at a fixed time of day (no `*` leading its minute or hour)
+    fires once at a change, shifted out of a gap; a wildcard job follows the wall clock."""
+    fields = expression.strip().split()
+    if len(fields) == 1:
+        wildcard = fields[0].lower() not in FIXED_MACROS
+    else:
+        wildcard = fields[0].startswith("*") or fields[1].startswith("*")
+    return ("skip", "both") if wildcard else ("shift", "first")
+
+
+def _walker(expression: str, start: datetime) -> croniter:
+    """croniter with Vixie's day matching (a `*`-led day field makes the two an AND)."""
+    return croniter(expression, start, implement_cron_bug=True)
+
 
 def valid_expression(expression: str) -> bool:
     """Five fields, or a macro such as @daily or @hourly, that matches some date at all."""
@@ -43,7 +81,7 @@ def valid_expression(expression: str) -> bool:
     if len(expression.split()) not in (1, 5) or not croniter.is_valid(expression):
         return False
     try:  # "0 0 30 2 *" is well-formed, but 30 February never comes
-        croniter(expression, datetime(2026, 1, 1, tzinfo=UTC)).get_next(datetime)
+        _walker(expression, datetime(2026, 1, 1, tzinfo=UTC)).get_next(datetime)
     except CroniterBadDateError:
         return False
     return True
@@ -98,7 +136,7 @@ def _instants(schedule: Schedule, after: datetime) -> Iterator[datetime]:
     # holding instants back by that margin yields them in order.
     margin = timedelta(hours=3)
     start = after.astimezone(zone).replace(tzinfo=None) - margin
-    walker = croniter(schedule.expression, start)
+    walker = _walker(schedule.expression, start)
     pending: list[datetime] = []
     while True:
         local = walker.get_next(datetime)

@@ -252,12 +252,15 @@ class TriggerSpec(Spec):
     timezone: Annotated[ZoneInfo, BeforeValidator(_zone)] = Field(
         default=ZoneInfo("UTC"), description="the zone the cron expression is read in"
     )
-    on_gap: Literal["shift", "skip"] = Field(
-        default="shift",
-        description="a local time that does not exist (spring forward): shift to the change, or skip",
+    on_gap: Literal["shift", "skip"] | None = Field(
+        default=None,
+        description="a local time that does not exist (spring forward): shift to the change, "
+        "or skip; unset: shift for a fixed time of day, skip for a `*` minute or hour",
     )
-    on_overlap: Literal["first", "last", "both"] = Field(
-        default="first", description="a local time that happens twice (fall back): which fires"
+    on_overlap: Literal["first", "last", "both"] | None = Field(
+        default=None,
+        description="a local time that happens twice (fall back): which fires; unset: first "
+        "for a fixed time of day, both for a `*` minute or hour",
     )
     misfire: Literal["skip", "latest", "all"] = Field(
         default="latest", description="after downtime: which missed fires (within the grace) fire"

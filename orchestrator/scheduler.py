@@ -34,7 +34,7 @@ def parse_fire_key(key: str) -> datetime:
 
 def schedule_of(trigger: TriggerSpec) -> Schedule:
     assert trigger.cron is not None  # noqa: S101 - only cron triggers are scheduled
-    return Schedule(trigger.cron, trigger.timezone, trigger.on_gap, trigger.on_overlap)
+    return Schedule.of(trigger.cron, trigger.timezone, trigger.on_gap, trigger.on_overlap)
 
 
 class CronScheduler:

@@ -16,12 +16,14 @@ from orchestrator.cron import (
     OnGap,
     OnOverlap,
     Schedule,
+    dst_defaults,
     fires_after,
     fires_between,
     misfires,
     valid_expression,
 )
 from orchestrator.model import TriggerSpec
+from orchestrator.scheduler import schedule_of
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -400,17 +402,81 @@ def test_a_cron_trigger_reads_its_timezone_and_policies():
     assert trigger.misfire_grace == 1800.0
 
 
-def test_a_cron_trigger_defaults_to_utc_shift_first_latest_and_an_hour_of_grace():
-    """Unset, a cron trigger runs in UTC, shifts gap times, fires the first overlap, fires the
-    latest misfire within an hour."""
+def test_a_cron_trigger_defaults_to_utc_latest_and_an_hour_of_grace():
+    """Unset, a cron trigger runs in UTC, fires the latest misfire within an hour, and leaves
+    its DST policies to the expression."""
     trigger = TriggerSpec(workflow="w", cron="@daily")
     assert trigger.timezone == ZoneInfo("UTC")
-    assert (trigger.on_gap, trigger.on_overlap, trigger.misfire) == ("shift", "first", "latest")
+    assert (trigger.on_gap, trigger.on_overlap, trigger.misfire) == (None, None, "latest")
     assert trigger.misfire_grace == 3600.0
-    assert (Schedule("@daily", BERLIN).on_gap, Schedule("@daily", BERLIN).on_overlap) == (
-        "shift",
-        "first",
+    assert schedule_of(trigger) == Schedule("@daily", ZoneInfo("UTC"), "shift", "first")
+
+
+@pytest.mark.parametrize(
+    ("expression", "defaults"),
+    [
+        ("42 7 * * MON-FRI", ("shift", "first")),
+        ("30 2 * * *", ("shift", "first")),
+        ("0 9,17 * * *", ("shift", "first")),
+        ("0 8-18 * * *", ("shift", "first")),
+        ("@daily", ("shift", "first")),
+        ("@weekly", ("shift", "first")),
+        ("30 * * * *", ("skip", "both")),
+        ("*/15 * * * *", ("skip", "both")),
+        ("*/30 2 * * *", ("skip", "both")),
+        ("@hourly", ("skip", "both")),
+    ],
+)
+def test_dst_defaults_follow_vixie_cron(expression, defaults):
+    """A fixed time of day shifts out of a gap and fires once in an overlap; a `*` leading
+    the minute or hour follows the clock as it is."""
+    assert dst_defaults(expression) == defaults
+
+
+def test_a_wildcard_job_keeps_its_real_interval_across_both_changes():
+    """'*/30 * * * *' by default fires every 30 real minutes through a gap and an overlap:
+    the gap's wall times do not happen, the overlap's happen twice."""
+    schedule = Schedule.of("*/30 * * * *", BERLIN)
+    for change in (BERLIN_SPRING, BERLIN_FALL):
+        fires = fires_between(schedule, change - 3 * HOUR, change + 3 * HOUR)
+        assert fires == [change - 3 * HOUR + k * 30 * MINUTE for k in range(1, 13)]
+    spring = fires_between(schedule, BERLIN_SPRING - HOUR, BERLIN_SPRING + 30 * MINUTE)
+    assert [wall[11:16] for wall in walls(spring, BERLIN)] == ["01:30", "03:00", "03:30"]
+
+
+def test_a_fixed_time_job_fires_once_on_each_change_by_default():
+    """'30 2 * * *' by default fires at 03:00 on the spring day (shifted) and once, at the
+    first 02:30, on the fall day."""
+    schedule = Schedule.of("30 2 * * *", BERLIN)
+    assert fires_between(schedule, BERLIN_SPRING - 12 * HOUR, BERLIN_SPRING + 12 * HOUR) == [
+        BERLIN_SPRING
+    ]
+    assert fires_between(schedule, BERLIN_FALL - 12 * HOUR, BERLIN_FALL + 12 * HOUR) == [
+        utc(10, 25, 0, 30)
+    ]
+
+
+def test_a_policy_the_trigger_sets_wins_over_the_default():
+    """on_gap and on_overlap written in the config are used as written, for any expression."""
+    trigger = TriggerSpec.model_validate(
+        {"workflow": "w", "cron": "*/15 * * * *", "on_gap": "shift", "on_overlap": "first"}
     )
+    assert (schedule_of(trigger).on_gap, schedule_of(trigger).on_overlap) == ("shift", "first")
+
+
+@pytest.mark.parametrize(
+    ("expression", "dates"),
+    [
+        ("0 0 13 * 5", ["2026-01-02", "2026-01-09", "2026-01-13", "2026-01-16"]),
+        ("0 0 1-31/2 * MON", ["2026-01-03", "2026-01-05", "2026-01-07", "2026-01-09"]),
+        ("0 0 */2 * 1", ["2026-01-05", "2026-01-19", "2026-02-09", "2026-02-23"]),
+        ("0 0 * * 0,7", ["2026-01-04", "2026-01-11", "2026-01-18", "2026-01-25"]),
+    ],
+)
+def test_day_of_month_and_day_of_week_combine_as_in_vixie_cron(expression, dates):
+    """Both restricted: either matches; one of them led by `*` (`*/2`): both must match."""
+    fires = fires_after(Schedule.of(expression, ZoneInfo("UTC")), utc(1, 1), len(dates))
+    assert [fire.date().isoformat() for fire in fires] == dates
 
 
 @pytest.mark.parametrize("zone", ["Europe/Bonn", "Mars/Olympus_Mons", "", "../etc/passwd"])
