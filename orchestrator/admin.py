@@ -17,7 +17,13 @@ from orchestrator.barrier import Barrier
 from orchestrator.cron import fires_after
 from orchestrator.engine import Engine, Fired, RunStateError, UnknownTarget
 from orchestrator.history_types import UnknownHistoryType, parse_types
-from orchestrator.http import HttpError, dumps_tolerant, parse_json_object, read_body
+from orchestrator.http import (
+    HttpError,
+    dumps_tolerant,
+    idempotency_key,
+    parse_json_object,
+    read_body,
+)
 from orchestrator.http import TolerantJSONResponse as JSONResponse  # renders old stored data
 from orchestrator.model import TriggerSpec
 from orchestrator.records import HistoryEntry, Run, Task
@@ -71,10 +77,9 @@ async def fire_trigger(request: Request) -> Response:
         engine.resolve(name)
     except UnknownTarget as error:
         raise HttpError(404, "unknown_trigger", str(error)) from None
+    dedup = idempotency_key(request)
     payload = parse_json_object(await read_body(request), empty_ok=True)
-    fired = await engine.fire(
-        name, payload, dedup_key=request.headers.get("idempotency-key"), source="admin"
-    )
+    fired = await engine.fire(name, payload, dedup_key=dedup, source="admin")
     return await fired_response(engine, fired)
 
 
@@ -104,12 +109,24 @@ async def list_runs(request: Request) -> Response:
         status=None if status is None else RunState(status),
         since=_time_param(request, "since"),
         until=_time_param(request, "until"),
-        cursor=request.query_params.get("cursor"),
+        cursor=_run_cursor(request),
         limit=_int_param(request, "limit", 50, 1, 500),
     )
     return JSONResponse(
         {"runs": [run_json(run) for run in page.items], "next_cursor": page.next_cursor}
     )
+
+
+RUN_ID = re.compile(r"run_[0-9a-hjkmnp-tv-z]{26}")
+
+
+def _run_cursor(request: Request) -> str | None:
+    """A page of runs starts after a run id (the previous page's next_cursor); anything else
+    would list an arbitrary page, so it is refused."""
+    cursor = request.query_params.get("cursor")
+    if cursor is not None and not RUN_ID.fullmatch(cursor):
+        raise HttpError(400, "bad_parameter", "cursor must be next_cursor of the previous page")
+    return cursor
 
 
 async def show_run(request: Request) -> Response:
@@ -193,6 +210,11 @@ async def stream_events(request: Request) -> Response:
     run_filter = request.query_params.get("run")
     listed = _types_param(request)
     types = None if listed is None else frozenset(listed)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":  # the headers a GET would get, and the answer is over
+        head = Response(media_type="text/event-stream", headers=headers)
+        del head.headers["content-length"]  # a stream has no length
+        return head
     subscription = engine.bus.subscribe()
 
     def wanted(entry: HistoryEntry) -> bool:
@@ -225,7 +247,6 @@ async def stream_events(request: Request) -> Response:
                 if wanted(entry):
                     yield _sse(entry)
 
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 

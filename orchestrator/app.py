@@ -15,14 +15,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, Router
 
 from orchestrator import admin, admin_rejections, admin_waits, callbacks, hooks
 from orchestrator.callbacks import CallbackLimits
 from orchestrator.drain import Drain, DrainMiddleware
 from orchestrator.engine import Engine
-from orchestrator.http import BearerAuth, HttpError, error_response, route_template
+from orchestrator.http import BearerAuth, HeaderLimit, HttpError, error_response, route_template
 from orchestrator.instrument import InboundMetrics, metrics_page
 from orchestrator.invoke import sync_steps_with_timeout
 from orchestrator.metrics import Metrics
@@ -49,13 +49,16 @@ async def readyz(request: Request) -> Response:
     """Ready while the store can write (a bounded probe, at most a second old); 503 from
     the first moment of a graceful shutdown."""
     drain: Drain = request.app.state.drain
+    retry = {"Retry-After": "1"}
     if drain.draining:
-        return JSONResponse({"status": "draining"}, status_code=503)
+        detail = "shutting down; send to another replica"
+        body = {"status": "draining", "error": "draining", "detail": detail}
+        return JSONResponse(body, status_code=503, headers=retry)
     readiness: Readiness = request.app.state.readiness
     problem = await readiness.problem()
     if problem is not None:
         body = {"status": "store_unavailable", "error": "store_unavailable", "detail": problem}
-        return JSONResponse(body, status_code=503)
+        return JSONResponse(body, status_code=503, headers=retry)
     return JSONResponse({"status": "ready"})
 
 
@@ -85,6 +88,22 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
     error = ROUTING_ERRORS.get(exc.status_code, "http_error")
     detail = "no route matches this path" if exc.status_code == 404 else str(exc.detail)
     return error_response(exc.status_code, error, detail, dict(exc.headers or {}))
+
+
+def _router(routes: list[Any]) -> Router:
+    """A path with a trailing slash too many is not found, not redirected: a webhook sender
+    does not follow a 307 on POST, and the answer should say what is wrong."""
+    return Router(routes, redirect_slashes=False)
+
+
+async def _to_dashboard(request: Request) -> Response:
+    return RedirectResponse("/admin/", status_code=308)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """A bug: the answer is JSON like every other (the traceback goes to the log)."""
+    detail = "the server failed on this request; its log has the details"
+    return error_response(500, "internal_error", detail)
 
 
 async def _client_disconnected(request: Request, exc: Exception) -> Response:
@@ -213,17 +232,18 @@ def create_app(
                     streams_ended=drain.streams_ended,
                 )
 
-    routes: list[Any] = [
+    routes: list[Any] = [  # the hot routes first: the router tries them in order
+        Mount("/callbacks", app=_router(callbacks.routes)),
+        Mount("/hooks", app=_router(hooks.routes)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_page, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/admin", _to_dashboard, methods=["GET"]),
         Route("/admin/", dashboard, methods=["GET"]),
-        Mount("/callbacks", routes=callbacks.routes),
-        Mount("/hooks", routes=hooks.routes),
         Mount(
             "/admin",
-            routes=[*admin.routes, *admin_rejections.routes, *admin_waits.routes],
+            app=_router([*admin.routes, *admin_rejections.routes, *admin_waits.routes]),
             middleware=[Middleware(BearerAuth, tokens=settings.admin_tokens())],
         ),
     ]
@@ -235,12 +255,15 @@ def create_app(
             StoreUnavailable: _store_unavailable,
             ClientDisconnect: _client_disconnected,
             StarletteHTTPException: _routing_error,
+            Exception: _server_error,
         },
         middleware=[
             Middleware(InboundMetrics, metrics=metrics),
+            Middleware(HeaderLimit, limit=settings.header_limit),
             Middleware(DrainMiddleware, drain=drain),
         ],
     )
+    app.router.redirect_slashes = False
     app.state.callback_limits = CallbackLimits(settings.body_limit, settings.signature_tolerance)
     app.state.metrics = metrics
     app.state.metrics_tokens = settings.metrics_tokens()

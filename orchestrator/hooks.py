@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from orchestrator.admin import fired_response
 from orchestrator.engine import Engine
-from orchestrator.http import HttpError, parse_json_object, read_body
+from orchestrator.http import HttpError, idempotency_key, parse_json_object, read_body
 from orchestrator.model import WebhookSpec
 from orchestrator.records import HistoryEntry
 from orchestrator.rejections import DETAIL_SHOWN, Rejections, shown
@@ -61,7 +61,10 @@ async def receive(request: Request) -> Response:
         delivery = payload.get("id") if isinstance(payload.get("id"), str) else None
     # A signed delivery id wins: an unsigned Idempotency-Key must not turn a replayed signed
     # request into a new event. The header serves senders that have no delivery id.
-    dedup = delivery or request.headers.get("idempotency-key")
+    try:
+        dedup = delivery or idempotency_key(request)
+    except HttpError as error:
+        raise await _reject(request, name, error, signed=webhook.scheme != "none") from None
     fired = await engine.fire(name, payload, dedup_key=dedup, source=f"webhook:{webhook.scheme}")
     return await fired_response(engine, fired)
 

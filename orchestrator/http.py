@@ -125,12 +125,49 @@ def parse_json_object(body: bytes, *, empty_ok: bool = False) -> dict[str, Any]:
     return value
 
 
+IDEMPOTENCY_KEY_LIMIT = 255
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The Idempotency-Key header, if sent: it becomes the event's dedup key, stored, so it
+    is bounded (1 to 255 printable ASCII characters) like every other stored name."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= IDEMPOTENCY_KEY_LIMIT or not (key.isascii() and key.isprintable()):
+        raise HttpError(
+            400,
+            "bad_idempotency_key",
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_LIMIT} printable ASCII characters",
+        )
+    return key
+
+
 def token_matches(presented: str, accepted: Sequence[str]) -> bool:
     """Constant-time comparison against every accepted token (rotation keeps several)."""
     found = False
     for token in accepted:
         found |= hmac.compare_digest(presented.encode(), token.encode())
     return found
+
+
+class HeaderLimit:
+    """ASGI middleware: a request whose header fields add up to more than `limit` bytes is
+    answered 431 before any route reads them (uvicorn's httptools parser sets no bound)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) for name, value in scope["headers"])
+            if size > self.limit:
+                detail = f"the header fields add up to {size} bytes, over the limit of {self.limit}"
+                response = error_response(431, "headers_too_large", detail, {"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BearerAuth:

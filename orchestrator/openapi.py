@@ -134,6 +134,14 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/admin": {
+        "get": {
+            "summary": "The dashboard's address without its slash",
+            "responses": {
+                "308": {"description": "redirect to /admin/"},
+            },
+        }  # fmt: skip
+    },
     "/admin/": {
         "get": {
             "summary": "The live dashboard (HTML; asks for the admin token in the page)",
@@ -284,6 +292,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 _query("type", "only these entry types, comma-separated (400 if unknown)"),
                 _query("since", "at or after (epoch seconds or ISO 8601)"),
                 _query("cursor", "next_cursor of the previous page", "integer"),
+                _query("after", "entries after this id (the same as cursor)", "integer"),
                 _query("limit", "page size, 1-1000", "integer"),
             ],
         )
@@ -299,6 +308,13 @@ PATHS: dict[str, dict[str, Any]] = {
                 _query("run", "only this run"),
                 _query("type", "only these entry types, comma-separated (400 if unknown)"),
                 _query("after", "resume after this id", "integer"),
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "description": "the id of the last event received: resume after it",
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                },
             ],
         )
     },
@@ -357,6 +373,25 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 
 
+HEADERS_TOO_LARGE = _error("the header fields add up to more than header_limit bytes")
+
+
+def _operations(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every operation with an operationId made from its method and path (stable, unique),
+    and the 431 that any request with oversized headers gets."""
+    named: dict[str, dict[str, Any]] = {}
+    for path, methods in paths.items():
+        named[path] = {}
+        for method, operation in methods.items():
+            words = [
+                part.strip("{}").replace("-", "_").replace(".", "_") for part in path.split("/")
+            ]
+            operation_id = "_".join([method, *(word for word in words if word)])
+            responses = {**operation["responses"], "431": HEADERS_TOO_LARGE}
+            named[path][method] = {**operation, "operationId": operation_id, "responses": responses}
+    return named
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document served at /openapi.json."""
     return {
@@ -366,7 +401,7 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": "A webhook-driven event orchestrator that replaces polling loops.",
         },
-        "paths": PATHS,
+        "paths": _operations(PATHS),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {

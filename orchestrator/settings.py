@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     body_limit: int = Field(
         default=1024 * 1024, ge=1024, description="largest accepted body, bytes"
     )
+    header_limit: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="largest accepted header block (all fields together), bytes; over it: 431",
+    )
     signature_tolerance: Duration = Field(default=300.0, description="accepted webhook clock skew")
     retention_history: Duration = Field(
         default=30 * 86400.0,

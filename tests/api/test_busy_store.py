@@ -119,6 +119,7 @@ async def test_readyz_is_503_while_the_store_cannot_write_and_200_once_it_can(
     assert held.status_code == 503
     assert held.json()["status"] == "store_unavailable"
     assert "write" in held.json()["detail"]
+    assert held.headers["retry-after"] == "1"
     assert seconds < 1.0 + SLACK
     ready = await client.get("/readyz")
     assert (ready.status_code, ready.json()) == (200, {"status": "ready"})

@@ -25,6 +25,9 @@ async def test_readyz_turns_503_when_the_drain_begins_and_healthz_stays_200(
     drain: Drain = app.state.drain
     drain.begin()
     ready = await client.get("/readyz")
-    assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
+    assert (ready.status_code, ready.json()["status"]) == (503, "draining")
+    assert ready.json()["error"] == "draining"
+    assert ready.json()["detail"]
+    assert ready.headers["retry-after"] == "1"
     assert ready.headers["connection"] == "close"
     assert (await client.get("/healthz")).status_code == 200
