@@ -299,12 +299,27 @@ def sign_command(args: argparse.Namespace) -> int:
     if args.url is None:
         print(flags)
         return 0
-    data = body.decode(errors="replace") if args.body in (None, "-") else f"@{args.body}"
+    data = f"@{args.body}" if args.body not in (None, "-") else _shell_text(body)
     print(
         f"curl -sS -X POST {shlex.quote(args.url)} -H 'content-type: application/json' {flags} "
         f"--data-binary {shlex.quote(data)}"
     )
     return 0
+
+
+def _shell_text(body: bytes) -> str:
+    """A body from stdin, to be written into the curl command: only text survives a shell
+    line byte for byte, so anything else must come from a file curl reads itself."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:
+        raise ConfigError(
+            ["sign: the body on stdin is not UTF-8 text; give it as a file (sign --url URL FILE) "
+             "so that curl sends the bytes that were signed"]
+        )  # fmt: skip
+    return text
 
 
 def _is_loopback(host: str) -> bool:

@@ -140,7 +140,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "308": {"description": "redirect to /admin/"},
             },
-        }  # fmt: skip
+        }
     },
     "/admin/": {
         "get": {

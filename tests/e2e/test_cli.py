@@ -34,14 +34,17 @@ def demo_config(tmp_path: Path) -> Path:
     return config
 
 
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+async def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "orchestrator", *args,
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with asyncio.timeout(60):
-        out, err = await process.communicate()
+        out, err = await process.communicate(stdin)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -191,6 +194,32 @@ async def test_sign_prints_headers_that_verify(tmp_path: Path) -> None:
     verified = verify([secret], headers, body.read_bytes(), time.time())
     assert verified.message_id == "msg-7"
     assert secret not in out
+
+
+async def test_sign_url_writes_a_text_body_from_stdin_into_the_curl_command() -> None:
+    """`sign --url URL -` prints a curl command whose --data-binary is the signed text."""
+    secret = new_secret()
+    body = b'{"status": "succeeded", "output": "caf\xc3\xa9"}'
+    code, out, err = await run_cli(
+        "sign", "--secret", "env:TEST_SECRET", "--url", "http://127.0.0.1:1/callbacks/t", "-",
+        env={"TEST_SECRET": secret}, stdin=body,
+    )  # fmt: skip
+    assert code == 0, err
+    words = shlex.split(out)
+    assert words[words.index("--data-binary") + 1].encode() == body
+
+
+async def test_sign_url_refuses_a_stdin_body_a_shell_line_cannot_carry() -> None:
+    """A body on stdin that is not UTF-8 text would be sent with other bytes than were signed:
+    `sign --url` says to pass it as a file instead, exit 2, and prints no command."""
+    code, out, err = await run_cli(
+        "sign", "--secret", "env:TEST_SECRET", "--url", "http://127.0.0.1:1/callbacks/t", "-",
+        env={"TEST_SECRET": new_secret()}, stdin=b'{"blob": "\xff\xfe"}',
+    )  # fmt: skip
+    assert code == 2
+    assert "not UTF-8 text" in err
+    assert "give it as a file" in err
+    assert out == ""
 
 
 async def test_sign_without_a_usable_secret_explains_itself() -> None:
