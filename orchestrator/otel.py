@@ -69,7 +69,7 @@ class OtelTracer:
             name,
             context=None if parent is None else _remote(parent),
             attributes=_attributes(attributes),
-            start_time=None if start is None else int(start * 1e9),
+            start_time=None if start is None else round(start * 1e6) * 1000,  # to the µs
         )
         try:
             yield OtelSpan(started, () if parent is None else parent.state)
