@@ -4,7 +4,9 @@ It behaves like the services the orchestrator is built for: POST /research regis
 with a callback URL and answers 202 at once; after a while it POSTs the result to the
 callback URL, signed (Standard Webhooks) with the secret it was handed. Like real senders
 it retries a callback that does not get a 2xx, with backoff, and it can be told to send
-duplicates. Every delay is a `loop.call_later` timer: nothing here sleeps either.
+duplicates. Every delay is a `loop.call_later` timer: nothing here sleeps either. Like a
+traced service it continues the W3C trace it was sent: its callback carries a `traceparent`
+of the same trace under a span of its own.
 
 Run it beside the orchestrator with `orchestrator serve --sidecar research=handlers.fake_research:create_app`.
 """
@@ -28,6 +30,7 @@ from starlette.routing import Route
 
 from orchestrator.outgoing import http_client
 from orchestrator.signing import sign_headers
+from orchestrator.tracecontext import TraceContext, extract
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Job:
     body: bytes
     deliveries_left: int
     attempts: int = 0
+    trace: TraceContext | None = None  # the valid trace context the job was sent with
 
 
 @dataclass
@@ -79,6 +83,7 @@ class FakeResearch:
                 payload["callback_secret"],
                 json.dumps(result).encode(),
                 deliveries_left=1 + self.duplicates,
+                trace=extract(request.headers.items()),
             )
             self.jobs[job_id] = job
             self._later(self.delay_for(payload["lead"]), job_id)
@@ -104,6 +109,7 @@ class FakeResearch:
             # Redeliveries keep the webhook-id, as real senders do; the receiver dedups on it.
             **sign_headers(job.secret, job.body, message_id=job_id),
             "content-type": "application/json",
+            **({} if job.trace is None else job.trace.child().headers()),
         }
         try:
             assert self._http is not None  # noqa: S101 - opened by the app's lifespan

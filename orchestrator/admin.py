@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from orchestrator import tracing
 from orchestrator.attempts import read_attempts, timing_of
 from orchestrator.barrier import Barrier
 from orchestrator.cron import fires_after
@@ -70,17 +71,21 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 
 
 async def fire_trigger(request: Request) -> Response:
-    """Fire a trigger (or a workflow by name) with the JSON body as payload: 202 with the ids."""
+    """Fire a trigger (or a workflow by name) with the JSON body as payload: 202 with the ids.
+
+    A valid `traceparent` (and `tracestate`) is kept with the event; an invalid one ignored."""
     engine = _engine(request)
     name = request.path_params["name"]
-    try:
-        engine.resolve(name)
-    except UnknownTarget as error:
-        raise HttpError(404, "unknown_trigger", str(error)) from None
-    dedup = idempotency_key(request)
-    payload = parse_json_object(await read_body(request), empty_ok=True)
-    fired = await engine.fire(name, payload, dedup_key=dedup, source="admin")
-    return await fired_response(engine, fired)
+    trace = tracing.from_headers(request.headers.items())
+    with tracing.logged(trace):
+        try:
+            engine.resolve(name)
+        except UnknownTarget as error:
+            raise HttpError(404, "unknown_trigger", str(error)) from None
+        dedup = idempotency_key(request)
+        payload = parse_json_object(await read_body(request), empty_ok=True)
+        fired = await engine.fire(name, payload, dedup_key=dedup, source="admin", trace=trace)
+        return await fired_response(engine, fired)
 
 
 async def fired_response(engine: Engine, fired: Fired) -> Response:

@@ -38,6 +38,8 @@ from orchestrator.states import (
 )
 from orchestrator.store import BarrierWrite, StoreConflict, StoreTx
 from orchestrator.task_moves import TaskWrite
+from orchestrator.tracecontext import TraceContext
+from orchestrator.tracing import received_data
 
 LOCAL = "local"  # the replica id of an engine that shares its store with no other
 DEADLINE_MOVED = "the deadline moved"
@@ -59,6 +61,7 @@ class Report:
     source: str = "handler"
     began: float | None = None  # when a local plain-function handler really started
     ended: float | None = None  # when a local handler returned
+    trace: TraceContext | None = None  # the trace context a callback came with
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,10 +203,12 @@ class Advance:
         # A handler still running for a report from elsewhere (a timer, an operator) is
         # stopped; a callback lets the handler that registered it finish on its own.
         self.outbox.release(task, interrupt=report.source not in ("handler", "callback"))
+        traced = received_data(report.trace)  # a callback's trace, in its completion entry
         if isinstance(plan.decision, Retry):
             failed = self.outbox.note(
                 "task_attempt_failed", self.now, task.run_id, **ids, attempt=report.attempt,
                 outcome=plan.decision.failed_as, error=report.error, source=report.source,
+                **traced,
             )  # fmt: skip
             self.outbox.note(
                 "task_retry_scheduled", self.now, task.run_id, **ids, attempt=task.attempt,
@@ -214,7 +219,7 @@ class Advance:
         entry = self.outbox.note(
             f"task_{task.state.value}", self.now, task.run_id, **ids, item=task.item_key,
             attempt=task.attempt, source=report.source, error=report.error,
-            duration=_rounded(task.ran), waited=_rounded(task.waited),
+            duration=_rounded(task.ran), waited=_rounded(task.waited), **traced,
         )  # fmt: skip
         assert isinstance(plan.decision, Settle)  # noqa: S101 - Retry returned above
         arrivals.append(_Arrival((task.run_id, task.step), _arrival_of(plan.decision), entry.data))

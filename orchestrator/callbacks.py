@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from orchestrator import tracing
 from orchestrator.callback_auth import NotAForm, authenticate
 from orchestrator.engine import Engine, Verdict
 from orchestrator.forms import FormRejected, form_object, is_form, parse_form
@@ -41,6 +42,7 @@ from orchestrator.result_mapping import MappingError, map_result
 from orchestrator.signing import SignatureError
 from orchestrator.states import Outcome
 from orchestrator.tokens import task_secret, token_hash
+from orchestrator.tracecontext import TraceContext
 
 VERDICT_STATUS = {
     Verdict.ACCEPTED: 200,
@@ -181,7 +183,22 @@ def _signed_url(engine: Engine, request: Request, task: Task, attempt: int) -> s
 
 
 async def complete(request: Request) -> Response:
-    """An authenticated completion of one task attempt."""
+    """An authenticated completion of one task attempt.
+
+    A valid `traceparent` is in the request's log lines and, once accepted, in the task's
+    completion entry (`trace_id`, `traceparent`); an invalid one is ignored (tracing.py)."""
+    trace = tracing.from_headers(request.headers.items())
+    with tracing.logged(trace), tracing.current().span("callback", trace) as span:
+        try:
+            response = await _complete(request, trace)
+        except HttpError as error:
+            span.annotate(status=error.status, error=error.error)
+            raise
+        span.annotate(status=response.status_code)
+        return response
+
+
+async def _complete(request: Request, trace: TraceContext | None) -> Response:
     auth = await _authenticated(request, "callback_rejected")
     engine, task = auth.engine, auth.task
     try:
@@ -194,10 +211,10 @@ async def complete(request: Request) -> Response:
         shaped = HttpError(422, "invalid_callback", _first_problem(invalid))
         raise await _reject(request, task, shaped, signed=auth.signed) from None
     if outcome is None:
-        return await _progress(request, auth, output)
+        return await _progress(request, auth, output, trace)
     verdict, reason = await engine.callback(
         task, auth.attempt, auth.receipt_id, hashlib.sha256(auth.body).hexdigest(),
-        outcome, output, error,
+        outcome, output, error, trace,
     )  # fmt: skip
     status = VERDICT_STATUS[verdict]
     if status >= 400:
@@ -228,11 +245,14 @@ def _result(auth: Authenticated) -> tuple[Outcome | None, Any, str | None]:
     return mapped.outcome, mapped.output, mapped.error
 
 
-async def _progress(request: Request, auth: Authenticated, status: Any) -> Response:
+async def _progress(
+    request: Request, auth: Authenticated, status: Any, trace: TraceContext | None
+) -> Response:
     """A status that neither succeeds nor fails: 200, in the task's history, still waiting."""
     task = auth.task
     if auth.signed:
-        data = {"status": status, "attempt": auth.attempt, "receipt_id": auth.receipt_id}
+        data = {"status": status, "attempt": auth.attempt, "receipt_id": auth.receipt_id,
+                **tracing.received_data(trace)}  # fmt: skip
         await auth.engine.record(
             HistoryEntry("callback_progress", auth.engine.clock(), task.run_id, task.id,
                          task.step, data)

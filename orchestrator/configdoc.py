@@ -57,6 +57,10 @@ file with `orchestrator check FILE`.
 
 Durations are a number of seconds or a string with units: `"250ms"`, `"30s"`, `"10m"`,
 `"1h30m"`, `"7d"`. A secret written `"env:NAME"` is read from environment variable NAME.
+
+Tracing has no options here: spans are exported where OpenTelemetry's own `OTEL_*`
+variables ask for them (`OTEL_TRACES_EXPORTER`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
+`OTEL_SERVICE_NAME`, ...), with the `otel` extra installed (docs/decisions.md, section 24).
 """
 
 

@@ -36,6 +36,7 @@ from orchestrator.states import Outcome
 from orchestrator.store import StoreUnavailable
 from orchestrator.store.base import Lane
 from orchestrator.timers import TimerHeap
+from orchestrator.tracing import trace_data
 
 log = structlog.get_logger("orchestrator.dispatch")
 
@@ -256,9 +257,10 @@ class Dispatcher:
         outbox.history.extend(
             HistoryEntry(
                 "task_dispatched", now, item.task.run_id, item.task.id, item.task.step,
-                {"attempt": item.task.attempt, "item": item.task.item_key},
+                {"attempt": item.task.attempt, "item": item.task.item_key,
+                 **trace_data(ctx.trace)},
             )
-            for item in started
+            for item, ctx in zip(started, contexts, strict=True)
         )  # fmt: skip
 
     async def close(self) -> None:

@@ -50,6 +50,7 @@ from orchestrator.specs import SpecCache
 from orchestrator.states import Outcome, RunMove, RunState
 from orchestrator.store import RECONNECTED, Notice, Store
 from orchestrator.timers import Clock, TimerHeap
+from orchestrator.tracecontext import TraceContext
 from orchestrator.verdicts import Verdict
 
 log = structlog.get_logger("orchestrator.engine")
@@ -162,9 +163,12 @@ class Engine:
         *,
         dedup_key: str | None = None,
         source: str = "manual",
+        trace: TraceContext | None = None,
     ) -> Fired:
         """Persist an event and start its run; a repeated dedup key returns the first event."""
-        return await self.firing.fire(name, payload, dedup_key=dedup_key, source=source)
+        return await self.firing.fire(
+            name, payload, dedup_key=dedup_key, source=source, trace=trace
+        )
 
     async def replay(self, event_id: str, force: bool = False) -> Fired:
         """Start a new run from a stored event; refused while a run of it is active."""
@@ -199,9 +203,10 @@ class Engine:
         outcome: Outcome,
         output: Any,
         error: str | None,
+        trace: TraceContext | None = None,
     ) -> tuple[Verdict, str]:
         """Apply a verified callback; the verdict says how to answer the sender, and why."""
-        report = Report(task, attempt, outcome, output, error, "callback")
+        report = Report(task, attempt, outcome, output, error, "callback", trace=trace)
         return await self.completion.callback(report, webhook_id, body_hash)
 
     async def heartbeat(self, task_id: str, attempt: int) -> tuple[Verdict, str, float | None]:

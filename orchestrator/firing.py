@@ -5,7 +5,8 @@ history and the barriers and tasks of its root steps; the dispatcher starts thos
 the commit. An event of a trigger whose webhook `completes` by key also completes, in that
 same transaction, every task waiting on its key, or is kept for waits registered later
 (key_waits.py); a redelivery is the first event again and completes nothing. A trigger
-with `starts_runs = false` starts no run.
+with `starts_runs = false` starts no run. The event keeps the trace context it came with
+(tracing.py): the sender's, or where spans are exported the `fire` span's own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator import tracing
 from orchestrator.advance import Advance
 from orchestrator.applier import Applier
 from orchestrator.ids import new_id
@@ -23,6 +25,7 @@ from orchestrator.key_waits import complete_by_event
 from orchestrator.model import TriggerSpec, WorkflowSpec
 from orchestrator.records import Event
 from orchestrator.store import Store
+from orchestrator.tracecontext import TraceContext
 
 log = structlog.get_logger("orchestrator.engine")
 
@@ -77,18 +80,41 @@ class Firing:
         *,
         dedup_key: str | None = None,
         source: str = "manual",
+        trace: TraceContext | None = None,
     ) -> Fired:
-        """Persist an event and start its run; a repeated dedup key returns the first event."""
+        """Persist an event and start its run; a repeated dedup key returns the first event.
+
+        `trace` is the sender's valid trace context, if any: the event keeps it (or, where
+        spans are exported, the `fire` span's) for every task of the run to continue."""
         trigger, workflow, defaults = self.resolve(name)
+        with tracing.current().span("fire", trace, trigger=trigger, workflow=workflow) as span:
+            merged = {**defaults, **(payload or {})}
+            fired = await self._fire(
+                name, trigger, workflow, merged, dedup_key, source, span.context or trace
+            )
+            span.annotate(event_id=fired.event_id, run_id=fired.run_id, duplicate=fired.duplicate)
+        return fired
+
+    async def _fire(
+        self,
+        name: str,
+        trigger: str,
+        workflow: str,
+        payload: dict[str, Any],
+        dedup_key: str | None,
+        source: str,
+        trace: TraceContext | None,
+    ) -> Fired:
         spec = self.workflows.get(workflow)  # None: a trigger that only completes by key
         configured = self.triggers.get(name)
         webhook = configured.webhook if configured is not None else None
+        traceparent, tracestate = tracing.stored(trace)
 
         async def work(advance: Advance) -> Fired:
-            merged = {**defaults, **(payload or {})}
             event = Event(
-                new_id("evt", advance.now), trigger, workflow, advance.now, merged, dedup_key
-            )
+                new_id("evt", advance.now), trigger, workflow, advance.now, payload, dedup_key,
+                traceparent, tracestate,
+            )  # fmt: skip
             stored, created = await advance.tx.insert_event(event)
             if not created:
                 return Fired(stored.id, None, duplicate=True)
@@ -100,7 +126,7 @@ class Firing:
             run_id = new_id("run", advance.now)
             advance.outbox.note(
                 "event_received", advance.now, run_id, trigger=trigger, source=source,
-                event_id=event.id,
+                event_id=event.id, **tracing.trace_data(trace),
             )  # fmt: skip
             await advance.create_run(run_id, event, workflow, spec)
             return Fired(event.id, run_id, False, completed, kept)
@@ -134,8 +160,9 @@ class Firing:
         async def work(advance: Advance) -> Fired:
             run_id = new_id("run", advance.now)
             advance.outbox.note(
-                "event_replayed", advance.now, run_id, event_id=event.id, forced=force
-            )
+                "event_replayed", advance.now, run_id, event_id=event.id, forced=force,
+                **tracing.trace_data(tracing.restored(event.traceparent, event.tracestate)),
+            )  # fmt: skip
             await advance.create_run(run_id, event, event.workflow, spec)
             return Fired(event.id, run_id, duplicate=False)
 

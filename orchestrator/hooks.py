@@ -10,6 +10,9 @@ Every rejection is counted (orchestrator/rejections.py); only one after a signat
 out is also a `hook_rejected` history row. An unknown trigger, a bad signature, a body
 over the limit, or anything refused on a `scheme = "none"` hook costs no row and no wait
 for the store, and the trigger name is echoed cut to 64 characters and escaped.
+
+A valid W3C `traceparent` (and `tracestate`) is kept with the event, and its trace id is
+in the request's log lines; an invalid one is ignored (tracing.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from orchestrator import tracing
 from orchestrator.admin import fired_response
 from orchestrator.engine import Engine
 from orchestrator.http import HttpError, idempotency_key, parse_json_object, read_body
@@ -30,6 +34,7 @@ from orchestrator.model import WebhookSpec
 from orchestrator.records import HistoryEntry
 from orchestrator.rejections import DETAIL_SHOWN, Rejections, shown
 from orchestrator.signing import SignatureError, verify, verify_github, verify_stripe
+from orchestrator.tracecontext import TraceContext
 
 ROUTE = "/hooks/{trigger}"
 
@@ -41,6 +46,12 @@ def _engine(request: Request) -> Engine:
 
 async def receive(request: Request) -> Response:
     """Verify, persist as an event, start the run; or say exactly why not."""
+    trace = tracing.from_headers(request.headers.items())
+    with tracing.logged(trace):
+        return await _receive(request, trace)
+
+
+async def _receive(request: Request, trace: TraceContext | None) -> Response:
     engine = _engine(request)
     name = request.path_params["trigger"]
     trigger = engine.triggers.get(name)
@@ -65,7 +76,9 @@ async def receive(request: Request) -> Response:
         dedup = delivery or idempotency_key(request)
     except HttpError as error:
         raise await _reject(request, name, error, signed=webhook.scheme != "none") from None
-    fired = await engine.fire(name, payload, dedup_key=dedup, source=f"webhook:{webhook.scheme}")
+    fired = await engine.fire(
+        name, payload, dedup_key=dedup, source=f"webhook:{webhook.scheme}", trace=trace
+    )
     return await fired_response(engine, fired)
 
 

@@ -32,6 +32,9 @@ from orchestrator.model import NAME_PATTERN, ServiceSpec, WorkflowSpec
 from orchestrator.sending import plain_request, send_plain
 from orchestrator.states import Outcome
 
+if typing.TYPE_CHECKING:  # at run time only its methods are used: keeps `--help` fast
+    from orchestrator.tracecontext import TraceContext
+
 T = TypeVar("T")
 
 
@@ -46,12 +49,13 @@ class Upstream:
     `outputs` maps item key to output for the items that succeeded; `failed` maps item key to
     error for those that failed or timed out; `missing` lists items that never arrived
     (cancelled when the barrier opened early or the run stopped). A step without fan-out has
-    the single item key "".
+    the single item key "". `finished_at` is when the last of its tasks to finish did.
     """
 
     outputs: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    finished_at: float | None = None
 
     @property
     def output(self) -> Any:
@@ -113,6 +117,10 @@ class Context:
     stop from outside, so a long one should check it (`ctx.cancelled.is_set()`) or wait on
     it instead of sleeping (`ctx.cancelled.wait(5)`) and return once it is set. Whatever it
     returns after that is ignored.
+
+    `trace` is the W3C trace context of this invocation (None: the run's event came with
+    none): the event's trace, under a span of this task's own. `ctx.dispatch` sends it on;
+    a handler making its own calls can send `ctx.trace.headers()`.
     """
 
     run_id: str
@@ -128,6 +136,7 @@ class Context:
     callback_secret: str = field(default="", repr=False)
     service: ServiceSpec | None = None
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    trace: TraceContext | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -161,15 +170,18 @@ class Context:
     ) -> httpx.Response:
         """Hand work to an external service (default: the step's service URL).
 
-        Sends `Idempotency-Key: <task id>:<attempt>` and follows no redirect. A connection
-        error, 5xx or 429 raises DispatchError (retried later, same attempt); a 3xx or
-        another 4xx raises HandoffRefused, which fails the attempt.
+        Sends `Idempotency-Key: <task id>:<attempt>` and the task's `traceparent` and
+        `tracestate` (unless `headers` has its own `traceparent`), and follows no redirect.
+        A connection error, 5xx or 429 raises DispatchError (retried later, same attempt);
+        a 3xx or another 4xx raises HandoffRefused, which fails the attempt.
         """
         target = url or (self.service.url if self.service else None)
         shown = _redacted(target) if target else ""
         if not target:
             raise HandoffRefused("no URL: pass one, or give the step a service with a url")
-        headers = {"Idempotency-Key": self.idempotency_key, **kwargs.pop("headers", {})}
+        headers = _with_trace(
+            {"Idempotency-Key": self.idempotency_key, **kwargs.pop("headers", {})}, self.trace
+        )
         try:
             if "auth" in kwargs:  # the client's auth flow: the full send
                 response = await self.http.request(
@@ -195,6 +207,15 @@ class Context:
                 f"{method} {shown} answered {status}{detail} (redirects are not followed)"
             )
         return response
+
+
+def _with_trace(headers: dict[str, str], trace: TraceContext | None) -> dict[str, str]:
+    """`headers` with the trace's `traceparent` and `tracestate` added, unless there is no
+    trace or the handler set its own `traceparent` (then its `tracestate` goes with it)."""
+    names = {name.lower() for name in headers}
+    if trace is None or "traceparent" in names:
+        return headers
+    return {**headers, **{k: v for k, v in trace.headers().items() if k not in names}}
 
 
 def _redacted(url: str) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 
 import structlog
 
+from orchestrator.tracing import own_trace_only
+
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Set up structlog (and the stdlib loggers that uvicorn uses) for this process."""
@@ -20,6 +22,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            own_trace_only,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),

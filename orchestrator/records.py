@@ -10,7 +10,11 @@ from orchestrator.states import RunState, TaskState
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """An immutable fact that starts a run; `dedup_key` makes a redelivery the same event."""
+    """An immutable fact that starts a run; `dedup_key` makes a redelivery the same event.
+
+    `traceparent` and `tracestate` are the W3C trace context the work it starts continues
+    (the sender's, valid ones only; see tracing.py), as header values; None: no trace.
+    """
 
     id: str
     trigger: str
@@ -18,6 +22,8 @@ class Event:
     received_at: float
     payload: dict[str, Any]
     dedup_key: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,6 +172,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX kept_events_by_age ON kept_events (trigger, received_at, event_id);
     CREATE INDEX kept_events_expiring ON kept_events (expires);
     """,
+    # 6: the W3C trace context an event continues (SQLite's 10; issue 13).
+    """
+    ALTER TABLE events ADD COLUMN traceparent TEXT;
+    ALTER TABLE events ADD COLUMN tracestate TEXT;
+    """,
 ]
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -57,8 +57,11 @@ TASK_COLUMNS = [
 ]  # fmt: skip
 
 INSERT_EVENT = """
-    INSERT INTO events (id, trigger, workflow, received_at, payload, dedup_key)
-    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (trigger, dedup_key) DO NOTHING RETURNING id
+    INSERT INTO events (
+        id, trigger, workflow, received_at, payload, dedup_key, traceparent, tracestate
+    )
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    ON CONFLICT (trigger, dedup_key) DO NOTHING RETURNING id
 """
 SELECT_EVENT = "SELECT * FROM events WHERE id = $1"
 SELECT_EVENT_BY_DEDUP = "SELECT * FROM events WHERE trigger = $1 AND dedup_key = $2"
@@ -246,6 +249,8 @@ class PostgresTx(PostgresWaitsTx):
             event.received_at,
             dumps(event.payload),
             event.dedup_key,
+            event.traceparent,
+            event.tracestate,
         )
         if await self.fetchrow(INSERT_EVENT, *params) is not None:
             return event, True

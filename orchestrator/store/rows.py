@@ -55,6 +55,8 @@ def event_from_row(row: Row) -> Event:
         received_at=row["received_at"],
         payload=json.loads(row["payload"]),
         dedup_key=row["dedup_key"],
+        traceparent=row["traceparent"],
+        tracestate=row["tracestate"],
     )
 
 

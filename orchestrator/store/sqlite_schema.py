@@ -164,6 +164,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX kept_events_by_age ON kept_events (trigger, received_at, event_id);
     CREATE INDEX kept_events_expiring ON kept_events (expires);
     """,
+    # 10: the W3C trace context an event continues (issue 13): its runs' tasks carry it on.
+    """
+    ALTER TABLE events ADD COLUMN traceparent TEXT;
+    ALTER TABLE events ADD COLUMN tracestate TEXT;
+    """,
 ]
 
 

@@ -49,8 +49,10 @@ OFFLOAD_ROWS = 256
 SELECT_EVENT = "SELECT * FROM events WHERE id = ?"
 SELECT_EVENT_BY_DEDUP = "SELECT * FROM events WHERE trigger = ? AND dedup_key = ?"
 INSERT_EVENT = """
-    INSERT INTO events (id, trigger, workflow, received_at, payload, dedup_key)
-    VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (trigger, dedup_key) DO NOTHING
+    INSERT INTO events (
+        id, trigger, workflow, received_at, payload, dedup_key, traceparent, tracestate
+    )
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (trigger, dedup_key) DO NOTHING
 """
 INSERT_RUN = """
     INSERT INTO runs (id, workflow, event_id, status, created_at, finished_at, spec)
@@ -209,6 +211,8 @@ class SqliteTx(SqliteWaitsTx):
             event.received_at,
             dumps(event.payload),
             event.dedup_key,
+            event.traceparent,
+            event.tracestate,
         )
         if self._conn.execute(INSERT_EVENT, params).rowcount == 1:
             return event, True

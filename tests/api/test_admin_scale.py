@@ -50,7 +50,11 @@ def seed(database: Path) -> None:
         db.executescript("".join(MIGRATIONS))
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
         db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
-        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", events)
+        db.executemany(
+            "INSERT INTO events (id, trigger, workflow, received_at, payload, dedup_key)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            events,
+        )
         db.executemany(
             "INSERT INTO runs (id, workflow, event_id, status, created_at, finished_at, spec)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -40,6 +40,38 @@ async def test_event_round_trips(store: Store) -> None:
     assert await store.get_event(new_id("evt")) is None
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_event_keeps_its_trace_context(store: Store) -> None:
+    """An event's traceparent and tracestate read back as stored, and None where it had none."""
+    traced = replace(
+        make_event(dedup_key="t-1"), traceparent=TRACEPARENT, tracestate="congo=t61rcWkgMzE,ro=1"
+    )
+    plain = make_event(dedup_key="t-2")
+    async with store.transaction() as tx:
+        await tx.insert_event(traced)
+        await tx.insert_event(plain)
+        assert await tx.get_event(traced.id) == traced
+    assert await store.get_event(traced.id) == traced
+    stored_plain = await store.get_event(plain.id)
+    assert stored_plain is not None
+    assert (stored_plain.traceparent, stored_plain.tracestate) == (None, None)
+
+
+async def test_redelivery_keeps_the_first_events_trace(store: Store) -> None:
+    """A redelivery with another trace context returns the first event with its own trace."""
+    first = replace(make_event(dedup_key="d-9"), traceparent=TRACEPARENT)
+    again = replace(
+        make_event(dedup_key="d-9", now=T0 + 1),
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+    )
+    async with store.transaction() as tx:
+        await tx.insert_event(first)
+    async with store.transaction() as tx:
+        assert await tx.insert_event(again) == (first, False)
+
+
 async def test_same_dedup_key_returns_the_first_event(store: Store) -> None:
     """A redelivery with the same (trigger, dedup_key) returns the stored event and False."""
     first = make_event(dedup_key="delivery-1", attempt=1)
