@@ -48,6 +48,9 @@ from orchestrator.client import AdminClient
 
 REPLICA_CORES = (SERVER_CORE, LOAD_CORE)  # A alone, B beside PostgreSQL and the load
 POSTGRES_CORE = LOAD_CORE
+# The longest a run or a parking may take before the benchmark gives up on it: well past
+# what N = 10,000 takes here (~25 s), so only a stuck run reaches it.
+PATIENCE_BASE, PATIENCE_PER_TASK = 60.0, 0.02
 ONE = "replica A on core 0; PostgreSQL on core 1 with the load"
 TWO = (
     "2 cores: A on core 0; B on core 1 with PostgreSQL, the fake service, wrk and the "
@@ -206,7 +209,8 @@ async def _run(
     origins = [server.url for server in layout.replicas] if len(layout.replicas) > 1 else []
     await http.post(f"{service}/spread", json={"origins": origins})
     cpu, postgres_cpu = layout.cpu(), pg.cpu_seconds()
-    result = await one_run(layout.front.url, service, n)
+    async with asyncio.timeout(_patience(n)):
+        result = await one_run(layout.front.url, service, n)
     cpu, postgres_cpu = layout.cpu() - cpu, pg.cpu_seconds() - postgres_cpu
     delivered: dict[str, int] = (await http.get(f"{service}/stats")).json()["delivered"]
     front = delivered.get(layout.front.url.rstrip("/"), 0)
@@ -325,7 +329,8 @@ async def _burst(
 ) -> BurstSample:
     """Park `tasks` tasks on A, replay their callbacks spread over the replicas (one wrk per
     replica, the 64 connections shared out), check that each answer was persisted."""
-    run_id, task_ids, _ = await park(layout.front.url, tasks)
+    async with asyncio.timeout(_patience(tasks)):
+        run_id, task_ids, _ = await park(layout.front.url, tasks)
     count = len(layout.replicas)
     files = _split(task_ids, count, directory)
     cpu, postgres_cpu = layout.cpu(), pg.cpu_seconds()
@@ -356,6 +361,10 @@ async def _burst(
         server_cpu=cpu / elapsed,
         postgres_cpu=postgres_cpu / elapsed,
     )
+
+
+def _patience(tasks: int) -> float:
+    return PATIENCE_BASE + PATIENCE_PER_TASK * tasks
 
 
 def _split(task_ids: list[str], count: int, directory: Path) -> list[Path]:
