@@ -34,7 +34,7 @@ check: lint test  ## everything CI runs
 bench: $(STAMP)  ## benchmarks up to N = 10,000; writes bench/results.json and docs/benchmarks.md
 	$(BIN)/python -m bench.run
 
-bench-quick: $(STAMP)  ## the same up to N = 1,000, under 2 minutes; writes bench/results-quick.json
+bench-quick: $(STAMP)  ## the same up to N = 1,000, about 3 minutes; writes bench/results-quick.json
 	$(BIN)/python -m bench.run --quick
 
 docs: $(STAMP)  ## regenerate docs/configuration.md from the settings and config models

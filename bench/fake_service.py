@@ -4,7 +4,13 @@ POST /jobs registers a job and answers 202 at once. A job that came with a callb
 reported there, signed with the secret it came with (the orchestrator's path), through the
 lean keep-alive client in rawhttp.py so that the service is not the bottleneck; GET
 /jobs/{id} answers its status (the polling baselines' path). Completion is a timer, never a
-sleep. GET /stats tells when the first and last registrations arrived.
+sleep. GET /stats tells when the first and last registrations arrived, and how many
+callbacks went to each origin.
+
+POST /spread {"origins": [...]} plays a load balancer in front of several replicas: each
+callback delivery goes to the next origin in turn (its URL's host:port rewritten; the path,
+the token, is valid on every replica that shares the callback key). An empty list sends
+each callback where its URL says again.
 
     python -m bench.fake_service --port 9001 --delay 0.5
 """
@@ -38,6 +44,9 @@ class Service:
         self.last: float | None = None
         self.clients: dict[str, RawClient] = {}
         self.answers: dict[int, int] = {}
+        self.spread: list[str] = []
+        self.delivered: dict[str, int] = {}
+        self._turn = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def register(self, request: Request) -> Response:
@@ -60,10 +69,14 @@ class Service:
             task.add_done_callback(self._tasks.discard)
 
     async def _call_back(self, job: dict[str, Any]) -> None:
-        url = job["callback_url"]
+        origin, _, token = str(job["callback_url"]).partition("/callbacks/")
+        if self.spread:
+            origin = self.spread[self._turn % len(self.spread)]
+            self._turn += 1
+        url = f"{origin}/callbacks/{token}"
+        self.delivered[origin] = self.delivered.get(origin, 0) + 1
         body = json.dumps({"status": "succeeded", "output": {"item": job.get("item")}}).encode()
         headers = {**sign_headers(job["callback_secret"], body), "Content-Type": "application/json"}
-        origin = url.split("/callbacks/")[0]
         client = self.clients.get(origin) or self.clients.setdefault(origin, RawClient(origin, 64))
         # The orchestrator may be gone at shutdown.
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
@@ -81,14 +94,22 @@ class Service:
                 "first": self.first,
                 "last": self.last,
                 "answers": self.answers,
+                "delivered": self.delivered,
             }
         )
 
     async def reset(self, request: Request) -> Response:
         self.jobs.clear()
         self.answers.clear()
+        self.delivered.clear()
         self.first = self.last = None
         return JSONResponse({})
+
+    async def set_spread(self, request: Request) -> Response:
+        origins = (await request.json())["origins"]
+        self.spread = [str(origin).rstrip("/") for origin in origins]
+        self._turn = 0
+        return JSONResponse({"origins": self.spread})
 
     def app(self) -> Starlette:
         @contextlib.asynccontextmanager
@@ -103,6 +124,7 @@ class Service:
                 Route("/jobs/{job_id}", self.status, methods=["GET"]),
                 Route("/stats", self.stats, methods=["GET"]),
                 Route("/reset", self.reset, methods=["POST"]),
+                Route("/spread", self.set_spread, methods=["POST"]),
             ],
             lifespan=lifespan,
         )

@@ -13,6 +13,7 @@ import resource
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.figures import Figure, median_figure
 from bench.parking import park, write_requests
@@ -45,23 +46,32 @@ class Burst:
     client_cpu: float
 
 
-async def wrk(url: str, requests_file: Path, seconds: float, cycle: bool, server_pid: int) -> Burst:
-    """Replay the callbacks in `requests_file` against `url` for `seconds`."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_before = cpu_seconds(server_pid)
+async def run_wrk(
+    url: str, requests_file: Path, seconds: float, cycle: bool, connections: int = CONNECTIONS
+) -> dict[str, Any]:
+    """Replay the callbacks in `requests_file` against `url` for `seconds`: wrk's summary
+    (bench/callbacks.lua's `wrk-json` line)."""
     command = [
-        "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(SCRIPT),
+        "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(SCRIPT),
         url, "--", str(requests_file), "cycle" if cycle else "once",
     ]  # fmt: skip
     process = await asyncio.create_subprocess_exec(
         *pinned(command, LOAD_CORE), stdout=asyncio.subprocess.PIPE
     )
     out, _ = await process.communicate()
+    line = next(x for x in out.decode().splitlines() if x.startswith("wrk-json "))
+    result: dict[str, Any] = json.loads(line.removeprefix("wrk-json "))
+    return result
+
+
+async def wrk(url: str, requests_file: Path, seconds: float, cycle: bool, server_pid: int) -> Burst:
+    """Replay the callbacks in `requests_file` against `url` for `seconds`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = cpu_seconds(server_pid)
+    result = await run_wrk(url, requests_file, seconds, cycle)
     server_used = cpu_seconds(server_pid) - server_before
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     client_used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    line = next(x for x in out.decode().splitlines() if x.startswith("wrk-json "))
-    result = json.loads(line.removeprefix("wrk-json "))
     elapsed = result["duration_us"] / 1e6
     prepared = sum(1 for _ in requests_file.open())
     return Burst(

@@ -96,19 +96,27 @@ async def start_module(module: str, *args: str, core: int = LOAD_CORE) -> Server
 
 
 async def start_orchestrator(
-    workdir: Path, config: str, database: str = "bench.db", core: int = SERVER_CORE
+    workdir: Path,
+    config: str,
+    database: str = "bench.db",
+    core: int = SERVER_CORE,
+    *,
+    database_url: str | None = None,
+    replica_id: str | None = None,
 ) -> Server:
-    """`orchestrator serve` on SQLite in `workdir`; returns once it logs server_ready."""
+    """`orchestrator serve` on SQLite in `workdir` (or on `database_url`, a replica named
+    `replica_id`); returns once it logs server_ready."""
     path = workdir / "bench.toml"
     path.write_text(config)
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "ORCHESTRATOR_DATABASE_URL": f"sqlite:///{workdir / database}",
+        "ORCHESTRATOR_DATABASE_URL": database_url or f"sqlite:///{workdir / database}",
         "ORCHESTRATOR_ADMIN_TOKEN": TOKEN,
         "ORCHESTRATOR_CALLBACK_KEY": CALLBACK_KEY,
         "ORCHESTRATOR_LOG_FORMAT": "json",
         "ORCHESTRATOR_LOG_LEVEL": "info",
+        **({"ORCHESTRATOR_REPLICA_ID": replica_id} if replica_id else {}),
     }
     command = [sys.executable, "-m", "orchestrator", "serve", "--config", str(path)]
     process = await asyncio.create_subprocess_exec(
@@ -116,13 +124,16 @@ async def start_orchestrator(
         stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert process.stderr is not None
+    said: list[bytes] = []
     async with asyncio.timeout(120):
         async for raw in process.stderr:
             record = json.loads(raw) if raw.startswith(b"{") else {}
             if record.get("event") == "server_ready":
                 asyncio.get_running_loop().create_task(_drain(process.stderr))
                 return Server(process, str(record["url"]))
-    raise RuntimeError("the orchestrator did not start")
+            said = [*said[-4:], raw.strip()]
+    last = b" / ".join(said).decode(errors="replace")
+    raise RuntimeError(f"the orchestrator did not start: {last}")
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:

@@ -1,13 +1,16 @@
 """Benchmarks: the real server, a fake service and load generators on loopback.
 
     python -m bench.run            # make bench: N up to 10,000; 100,000 tasks waiting
-    python -m bench.run --quick    # make bench-quick: N up to 1,000, 10,000 waiting; < 2 min
+    python -m bench.run --quick    # make bench-quick: N up to 1,000, 10,000 waiting; ~3 min
 
 Prints a table (figure, median, spread over repeats, goal, met or MISSED) and writes
 bench/results.json and docs/benchmarks.md (a quick run: bench/results-quick.json only). Every figure that is compared is compared with
 a baseline measured in this same run: the polling loops in bench/baselines/ against the
 same fake service, and a bare Starlette endpoint for callback ingest. The orchestrator
-runs on core 0; the fake service, wrk and this driver on core 1 (taskset).
+runs on core 0; the fake service, wrk and this driver on core 1 (taskset). The PostgreSQL
+rows (bench/replicas.py) run one and two replicas on one PostgreSQL and compare them with
+this run's SQLite, polling and bare rows; a quick run has their end-to-end rows at
+N = 1,000 only, without their callback ingest.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import endtoend, ingest, join, loop_lag, outgoing, waiting
+from bench import endtoend, ingest, join, loop_lag, outgoing, replicas, waiting
 from bench.baselines import polling
 from bench.figures import Figure
 from bench.procs import (
@@ -70,10 +73,15 @@ class Plan:
     lag_finished: int
     lag_cancel: int
     outgoing_requests: int
+    pg_sizes: list[int]
+    pg_ingest_tasks: int  # 0: no PostgreSQL ingest rows (they would take a quick run past 3 min)
 
 
-QUICK = Plan([10, 100, 1000], 3, 12000, 2.0, 200, 10_000, 10.0, 5, 20_000, 2_000, 1000)
-FULL = Plan([10, 100, 1000, 10000], 3, 30000, 5.0, 500, 100_000, 30.0, 10, 100_000, 10_000, 3000)
+QUICK = Plan([10, 100, 1000], 3, 12000, 2.0, 200, 10_000, 10.0, 5, 20_000, 2_000, 1000, [1000], 0)
+FULL = Plan(
+    [10, 100, 1000, 10000], 3, 30000, 5.0, 500, 100_000, 30.0, 10, 100_000, 10_000, 3000,
+    [1000, 10000], 30000,
+)  # fmt: skip
 
 
 async def measure(plan: Plan) -> list[Figure]:
@@ -96,6 +104,12 @@ async def measure(plan: Plan) -> list[Figure]:
             )
             print("join latency:", flush=True)
             figures += await join.measure(orchestrator.url, plan.join_runs)
+            await orchestrator.stop()
+            print("PostgreSQL, one replica and two:", flush=True)
+            figures += await replicas.measure(
+                workdir, CONFIG, service.url, plan.pg_sizes, plan.repeats,
+                plan.pg_ingest_tasks, plan.ingest_seconds, figures,
+            )  # fmt: skip
         finally:
             await orchestrator.stop()
             await service.stop()
@@ -181,7 +195,9 @@ def report(figures: list[Figure], quick: bool, seconds: float) -> str:
             f"Last run: `{command}` ({seconds:.0f} s) on {platform.node()}: {_versions()}.",
             "Medians of the repeats, spread = min-max. The orchestrator runs on SQLite",
             "(synchronous=FULL, the default), one process, one uvicorn worker, core 0; the",
-            "fake service, wrk and the driver on core 1.",
+            "fake service, wrk and the driver on core 1. The `pg_r1_*` and `pg_r2_*` rows run",
+            "one and two replicas on one PostgreSQL 15 (fsync and synchronous_commit on):",
+            "the layout is in bench/replicas.py, the reading in the last section below.",
             "",
             "| figure | median | spread | goal | | note |",
             "| --- | --- | --- | --- | --- | --- |",
@@ -196,7 +212,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="the smaller plan, under 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="the smaller plan, about 3 minutes")
     args = parser.parse_args()
     started = time.monotonic()
     figures = asyncio.run(measure(QUICK if args.quick else FULL))
