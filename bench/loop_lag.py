@@ -50,11 +50,13 @@ def seed_finished(path: Path, tasks: int, now: float) -> None:
         for number in range(tasks // RUN_SIZE):
             event_id, run_id = new_id("evt", at + number), new_id("run", at + number)
             db.execute(
-                "INSERT INTO events VALUES (?, 'manual:park', 'park', ?, '{}', NULL)",
+                "INSERT INTO events (id, trigger, workflow, received_at, payload, dedup_key)"
+                " VALUES (?, 'manual:park', 'park', ?, '{}', NULL)",
                 (event_id, at),
             )
             db.execute(
-                "INSERT INTO runs VALUES (?, 'park', ?, 'succeeded', ?, ?, ?)",
+                "INSERT INTO runs (id, workflow, event_id, status, created_at, finished_at, spec)"
+                " VALUES (?, 'park', ?, 'succeeded', ?, ?, ?)",
                 (run_id, event_id, at, at + 1, PARK.model_dump_json()),
             )
             rows = [
