@@ -47,6 +47,18 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
+R = TypeVar("R")
+
+
+def page_of(
+    found: Sequence[R], limit: int, item: Callable[[R], T], cursor: Callable[[T], str]
+) -> Page[T]:
+    """The first `limit` of `found`, which was read one longer than the page: a row beyond
+    it says there is a next page, which starts after the last item shown."""
+    items = [item(row) for row in found[:limit]]
+    return Page(items, cursor(items[-1]) if len(found) > limit else None)
+
+
 @dataclass(frozen=True, slots=True)
 class Unfinished:
     """What a restart must pick up: unfinished tasks and waiting barriers of running runs."""
@@ -114,6 +126,11 @@ class Wait:
     @property
     def wait_key(self) -> WaitKey:
         return (self.trigger, self.key)
+
+
+def kept_cursor(kept: KeptEvent) -> str:
+    """Kept events page by (event id, key): the cursor after one of them."""
+    return f"{kept.event_id}:{kept.key}"
 
 
 @dataclass(frozen=True, slots=True)

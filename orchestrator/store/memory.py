@@ -29,6 +29,8 @@ from orchestrator.store.base import (
     StoreUnavailable,
     Unfinished,
     Wait,
+    kept_cursor,
+    page_of,
 )
 from orchestrator.store.memory_tx import UNFINISHED, MemoryTx, Tables, as_json, stored_task
 
@@ -123,9 +125,9 @@ class MemoryStore:
             key=lambda run: run.id,
             reverse=True,
         )
-        limit = max(1, limit)
-        page = [run.replace(spec=as_json(run.spec)) for run in runs[:limit]]
-        return Page(page, page[-1].id if len(runs) > limit else None)
+        return page_of(
+            runs, max(1, limit), lambda run: run.replace(spec=as_json(run.spec)), lambda run: run.id
+        )
 
     async def tasks_of_run(self, run_id: str) -> list[Task]:
         return [stored_task(task) for task in self._tables.tasks.values() if task.run_id == run_id]
@@ -293,9 +295,7 @@ class MemoryStore:
             ):
                 found.append(replace(wait, run_id=task.run_id, step=task.step))
         found.sort(key=lambda wait: wait.task_id)
-        limit = max(1, limit)
-        page = found[:limit]
-        return Page(page, page[-1].task_id if len(found) > limit else None)
+        return page_of(found, max(1, limit), lambda wait: wait, lambda wait: wait.task_id)
 
     async def list_kept_events(
         self,
@@ -316,10 +316,7 @@ class MemoryStore:
             ),
             key=lambda kept: (kept.event_id, kept.key),
         )
-        limit = max(1, limit)
-        page = found[:limit]
-        last = f"{page[-1].event_id}:{page[-1].key}" if page else None
-        return Page(page, last if len(found) > limit else None)
+        return page_of(found, max(1, limit), lambda kept: kept, kept_cursor)
 
     async def prune_waits(self, limit: int) -> int:
         async with self._lock:

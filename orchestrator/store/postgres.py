@@ -19,7 +19,7 @@ from orchestrator.barrier import Barrier
 from orchestrator.ids import time_floor
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState
-from orchestrator.store.base import NoticeFn, Page, StoreUnavailable, Unfinished
+from orchestrator.store.base import NoticeFn, Page, StoreUnavailable, Unfinished, page_of
 from orchestrator.store.postgres_driver import UNAVAILABLE, describe, translating
 from orchestrator.store.postgres_notices import Listener, channel_of
 from orchestrator.store.postgres_schema import migrate
@@ -239,9 +239,7 @@ class PostgresStore(PostgresWaitsStore, Upkeep):
         limit = max(1, limit)
         params.append(limit + 1)
         sql = f"SELECT * FROM runs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ${len(params)}"  # noqa: S608 - clauses are fixed strings
-        rows = await self._fetch(sql, *params)
-        runs = [run_from_row(row) for row in rows[:limit]]
-        return Page(runs, runs[-1].id if len(rows) > limit else None)
+        return page_of(await self._fetch(sql, *params), limit, run_from_row, lambda run: run.id)
 
     async def tasks_of_run(self, run_id: str) -> list[Task]:
         return [task_from_row(row) for row in await self._fetch(SELECT_TASKS_OF_RUN, run_id)]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from orchestrator.records import Task
-from orchestrator.store.base import KeptEvent, Page, Wait, WaitKey
+from orchestrator.store.base import KeptEvent, Page, Wait, WaitKey, kept_cursor, page_of
 from orchestrator.store.postgres_driver import columns, text
 from orchestrator.store.rows import kept_from_row, task_from_row, wait_from_row
 
@@ -164,8 +164,9 @@ class PostgresWaitsStore:
     ) -> Page[Wait]:
         limit = max(1, limit)
         rows = await self._fetch(SELECT_WAITS, trigger, cursor or "", limit + 1)
-        waits = [wait_from_row(row, with_task=True) for row in rows[:limit]]
-        return Page(waits, waits[-1].task_id if len(rows) > limit else None)
+        return page_of(
+            rows, limit, lambda row: wait_from_row(row, with_task=True), lambda wait: wait.task_id
+        )
 
     async def list_kept_events(
         self,
@@ -178,9 +179,7 @@ class PostgresWaitsStore:
         event_id, _, key = (cursor or "").partition(":")
         limit = max(1, limit)
         rows = await self._fetch(SELECT_KEPT, now, trigger, event_id, key, limit + 1)
-        kept = [kept_from_row(row) for row in rows[:limit]]
-        last = f"{kept[-1].event_id}:{kept[-1].key}" if kept else None
-        return Page(kept, last if len(rows) > limit else None)
+        return page_of(rows, limit, kept_from_row, kept_cursor)
 
     async def prune_waits(self, limit: int) -> int:
         async with self.transaction() as tx:

@@ -21,7 +21,14 @@ from orchestrator.barrier import Barrier
 from orchestrator.ids import time_floor
 from orchestrator.records import Event, HistoryEntry, Run, Task
 from orchestrator.states import RunState
-from orchestrator.store.base import NoticeFn, Page, RejectionCount, StoreUnavailable, Unfinished
+from orchestrator.store.base import (
+    NoticeFn,
+    Page,
+    RejectionCount,
+    StoreUnavailable,
+    Unfinished,
+    page_of,
+)
 from orchestrator.store.group_commit import BUSY_TIMEOUT, GroupCommit
 from orchestrator.store.rows import (
     barrier_from_row,
@@ -330,9 +337,7 @@ class SqliteStore(SqliteWaitsStore):
         sql = f"SELECT * FROM runs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"  # noqa: S608 - clauses are fixed strings
         limit = max(1, limit)
         rows = list(await self._rows(sql, [*params, limit + 1]))
-        runs = [run_from_row(row) for row in rows[:limit]]
-        next_cursor = runs[-1].id if len(rows) > limit else None
-        return Page(runs, next_cursor)
+        return page_of(rows, limit, run_from_row, lambda run: run.id)
 
     async def tasks_of_run(self, run_id: str) -> list[Task]:
         return [task_from_row(row) for row in await self._rows(SELECT_TASKS_OF_RUN, (run_id,))]
